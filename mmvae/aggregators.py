@@ -1,0 +1,176 @@
+"""Aggregators: how unimodal posteriors q(z | x_m) combine into subset posteriors q(z | x_S).
+
+PoE, MoE, MoPoE, AVG and "none" differ only in their subset mask `[K, M]` and their fusion rule; every subset of
+every sample is built at once by one einsum over `[K, B, M] x [M, B, D]`. Per-sample availability `[B, M]`
+restricts each subset to what was observed.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+from .gaussian import Experts, SubsetPosterior
+
+
+def all_subsets(M: int) -> Tensor:
+    """Every non-empty subset of M modalities, ordered by size then lexicographically.  # [2^M - 1, M] bool"""
+    rows = [c for k in range(1, M + 1) for c in itertools.combinations(range(M), k)]
+    mask = torch.zeros(len(rows), M, dtype=torch.bool)
+    for i, c in enumerate(rows):
+        mask[i, list(c)] = True
+    return mask
+
+
+def subset_names(subsets: Tensor, names: list[str]) -> list[tuple[str, ...]]:
+    """Readable subsets: [K, M] mask -> tuples of modality names."""
+    return [tuple(n for n, on in zip(names, row) if on) for row in subsets.tolist()]
+
+
+class Aggregator:
+    """Builds q(z | x_S) for the subsets S in `self.subsets(M)`, per sample, from the observed experts.
+
+    restrict = "intersect": a subset uses whichever of its modalities are observed (PoE/AVG: "all that is there").
+    restrict = "contain": a subset is valid only if all its modalities are observed (MoE/MoPoE: subsets of the
+    observed set, each counted once).
+    """
+
+    name = "base"
+    restrict = "intersect"
+    stratify = True  # the ELBO decodes every subset (True) or one subset drawn per sample (False)
+
+    def subsets(self, M: int) -> Tensor:  # [K, M] bool
+        raise NotImplementedError
+
+    def fuse(self, w: Tensor, experts: Experts) -> tuple[Tensor, Tensor]:
+        """Combine the experts selected by w [K, B, M] into (mu, logvar) [K, B, D]."""
+        raise NotImplementedError
+
+    def __call__(self, experts: Experts) -> SubsetPosterior:
+        M = experts.mu.shape[0]
+        S = self.subsets(M).to(experts.mu.device)  # [K, M]
+        avail = experts.avail  # [B, M]
+        w = S[:, None, :] & avail[None]  # [K, B, M]
+        if self.restrict == "contain":
+            valid = (S[:, None, :] <= avail[None]).all(-1)  # [K, B]: S within the observed set
+        else:
+            valid = w.any(-1)  # [K, B]
+        if not bool(valid.any(0).all()):
+            raise InputError("a sample has no observed modality: every sample needs at least one")
+        w = w & valid[..., None]
+        mu, logvar = self.fuse(w, experts)
+        weight = valid.to(mu.dtype)
+        weight = weight / weight.sum(0, keepdim=True)  # [K, B]
+        return SubsetPosterior(mu, logvar, w, weight, S)
+
+    def config(self) -> dict:
+        return {"name": self.name}
+
+
+def _poe(w: Tensor, experts: Experts, prior_expert: bool) -> tuple[Tensor, Tensor]:
+    """Product of Gaussian experts: precision = [1] + sum_m w_m / var_m, mean = sum_m w_m mu_m / var_m / precision."""
+    wf = w.to(experts.mu.dtype)  # [K, B, M]
+    prec_m = torch.exp(-experts.logvar)  # [M, B, D]
+    prec = torch.einsum("kbm,mbd->kbd", wf, prec_m)  # [K, B, D]
+    num = torch.einsum("kbm,mbd->kbd", wf, experts.mu * prec_m)
+    if prior_expert:
+        prec = prec + 1.0
+    prec = prec.clamp_min(1e-8)  # subsets with no expert (invalid for that sample) stay finite
+    return num / prec, -torch.log(prec)
+
+
+class PoE(Aggregator):
+    """Product of experts over the observed modalities, with a N(0, I) prior expert (MVAE, Wu & Goodman 2018).
+
+    subsets="joint" gives the one joint posterior; "joint+unimodal" adds each single modality (MVAE's sub-sampled
+    training terms); "all" gives every subset.
+    """
+
+    name = "poe"
+
+    def __init__(self, prior_expert: bool = True, subsets: str = "joint"):
+        if subsets not in ("joint", "joint+unimodal", "all"):
+            raise InputError(f"PoE subsets must be 'joint', 'joint+unimodal' or 'all', got {subsets!r}")
+        self.prior_expert, self.which = prior_expert, subsets
+        self.restrict = "contain" if subsets == "all" else "intersect"
+
+    def subsets(self, M):
+        joint = torch.ones(1, M, dtype=torch.bool)
+        if self.which == "joint":
+            return joint
+        if self.which == "joint+unimodal":
+            return torch.cat([joint, torch.eye(M, dtype=torch.bool)]) if M > 1 else joint
+        return all_subsets(M)
+
+    def fuse(self, w, experts):
+        return _poe(w, experts, self.prior_expert)
+
+    def config(self):
+        return {"name": self.name, "prior_expert": self.prior_expert, "subsets": self.which}
+
+
+class MoPoE(PoE):
+    """Mixture over all subsets of the observed modalities of their products of experts (Sutter et al. 2021)."""
+
+    name = "mopoe"
+    stratify = False
+
+    def __init__(self, prior_expert: bool = False):
+        super().__init__(prior_expert, subsets="all")
+
+    def config(self):
+        return {"name": self.name, "prior_expert": self.prior_expert}
+
+
+class MoE(Aggregator):
+    """Mixture of the unimodal experts, uniform over the observed ones (MMVAE, Shi et al. 2019)."""
+
+    name = "moe"
+    restrict = "contain"
+
+    def subsets(self, M):
+        return torch.eye(M, dtype=torch.bool)
+
+    def fuse(self, w, experts):
+        valid = w.any(-1, keepdim=True)  # [K=M, B, 1]
+        return (torch.where(valid, experts.mu, 0.0), torch.where(valid, experts.logvar, 0.0))
+
+
+class NoAggregation(MoE):
+    """Independent VAEs: each modality keeps its own posterior and reconstructs only itself."""
+
+    name = "none"
+
+
+class AVG(Aggregator):
+    """Average of the observed experts' means and variances (a baseline of the MMVM paper)."""
+
+    name = "avg"
+
+    def subsets(self, M):
+        return torch.ones(1, M, dtype=torch.bool)
+
+    def fuse(self, w, experts):
+        wf = w.to(experts.mu.dtype)
+        n = wf.sum(-1, keepdim=True).clamp_min(1.0)  # [K, B, 1]
+        mu = torch.einsum("kbm,mbd->kbd", wf, experts.mu) / n
+        var = torch.einsum("kbm,mbd->kbd", wf, experts.logvar.exp()) / n
+        return mu, torch.log(var.clamp_min(1e-12))
+
+
+AGGREGATORS = {c.name: c for c in (PoE, MoE, MoPoE, AVG, NoAggregation)}
+
+
+def make_aggregator(spec: str | dict | Aggregator) -> Aggregator:
+    """An aggregator from an instance, a name ("mopoe") or a config dict."""
+    if isinstance(spec, Aggregator):
+        return spec
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name not in AGGREGATORS:
+        raise InputError(f"unknown aggregator {name!r}; choose one of {sorted(AGGREGATORS)}")
+    return AGGREGATORS[name](**spec)

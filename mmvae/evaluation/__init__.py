@@ -1,0 +1,23 @@
+"""Evaluators: coherence, imputation, latent classification, shared/private disentanglement, plots and a report.
+
+Every evaluator is a function of a model's verbs (`impute`, `embed`, `sample`, `posterior`, `decode`) and a dataset,
+returning plain dicts; subsets of each size are evaluated in one batched pass. `evaluate_run` and `compare_runs`
+own the files.
+"""
+from .classifiers import (Classifier, check_accuracy, data_checksum, load_classifiers, save_classifiers,
+                          train_classifiers)
+from .coherence import conditional_coherence, joint_coherence
+from .disentanglement import latent_disentanglement, r2_score, r2_table
+from .imputation import conditional_loglik, imputation_error
+from .plots import coherence_plot, generation_grid, latent_map, training_curves
+from .probe import fit_logistic, latent_classification, linear_probe
+from .report import METRICS, compare_runs, evaluate_run, render_report
+from .subset_batches import EvalData, as_eval_data
+
+__all__ = [
+    "Classifier", "train_classifiers", "check_accuracy", "save_classifiers", "load_classifiers", "data_checksum",
+    "conditional_coherence", "joint_coherence", "latent_classification", "linear_probe", "fit_logistic",
+    "imputation_error", "conditional_loglik", "r2_table", "r2_score", "latent_disentanglement",
+    "generation_grid", "latent_map", "coherence_plot", "training_curves",
+    "evaluate_run", "compare_runs", "render_report", "METRICS", "EvalData", "as_eval_data",
+]

@@ -1,0 +1,131 @@
+"""Tensors for evaluation, and every (subset, tuple) pair of a subset size laid out as rows of one batch.
+
+Evaluators never loop over samples: for a subset size s, the C(M, s) subsets and the N tuples become one batch of
+[C(M, s) * N] rows (the tuples repeated once per subset), each row with its own availability mask, so a single
+call of a model verb (`impute`, `embed`, `posterior`) handles every subset of that size at once. `max_rows` only
+splits that batch into chunks to bound memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from ..aggregators import all_subsets, subset_names
+from ..errors import InputError
+
+
+@dataclass
+class EvalData:
+    """What the evaluators read from a dataset, in the model's modality order."""
+
+    data: dict[str, Tensor]  # name -> [N, *shape]
+    avail: Tensor  # [N, M] bool
+    names: list[str]
+    labels: Tensor | None = None  # [N] long, or None without class labels
+    factors: dict[str, Tensor] | None = field(default=None)  # name -> [N, k] float, or None
+    num_classes: int | None = None
+
+    def __len__(self) -> int:
+        return self.avail.shape[0]
+
+    def take(self, idx: Tensor) -> "EvalData":
+        """The rows idx [n] as a new EvalData."""
+        return EvalData({k: v[idx] for k, v in self.data.items()}, self.avail[idx], self.names,
+                        None if self.labels is None else self.labels[idx],
+                        None if self.factors is None else {k: v[idx] for k, v in self.factors.items()},
+                        self.num_classes)
+
+
+def as_eval_data(dataset, names: list[str] | None = None, n: int | None = None, seed: int = 0) -> EvalData:
+    """An EvalData from a `MultimodalDataset` (or an EvalData), columns in `names` order; with n, n random rows.
+
+    Labels: `dataset.labels` (or integer `targets`); rows labelled -1 count as unlabelled. Factors: dict `targets`.
+    """
+    if isinstance(dataset, EvalData):
+        out = dataset
+    else:
+        mods = list(dataset.modalities)
+        names = list(names) if names is not None else mods
+        missing = [m for m in names if m not in mods]
+        if missing:
+            raise InputError(f"the dataset has no modality {missing[0]!r} (it has {mods}); the model needs {names}")
+        cols = torch.tensor([mods.index(m) for m in names], dtype=torch.long)
+        targets = getattr(dataset, "targets", None)
+        labels = getattr(dataset, "labels", None)
+        if labels is None and isinstance(targets, Tensor) and not targets.is_floating_point():
+            labels = targets
+        if labels is not None and (labels.numel() == 0 or int(labels.max()) < 0):
+            labels = None
+        factors = {k: (v if v.dim() == 2 else v.reshape(v.shape[0], -1)).float()
+                   for k, v in targets.items()} if isinstance(targets, dict) else None
+        num_classes = getattr(dataset, "num_classes", None)
+        if labels is not None and num_classes is None:
+            num_classes = int(labels.max()) + 1
+        out = EvalData({m: dataset.data[m] for m in names}, dataset.avail[:, cols].bool(), names,
+                       None if labels is None else labels.long(), factors, num_classes)
+    if names is not None and list(names) != out.names:
+        raise InputError(f"evaluation data has modalities {out.names}, the model {list(names)}")
+    if n is not None and n < len(out):
+        g = torch.Generator().manual_seed(seed)
+        out = out.take(torch.randperm(len(out), generator=g)[:n].sort().values)
+    return out
+
+
+def subsets_by_size(M: int, sizes=None) -> dict[int, Tensor]:
+    """size s -> the [C(M, s), M] bool mask of all subsets of that size (all_subsets' order)."""
+    subsets = all_subsets(M)
+    sizes = range(1, M + 1) if sizes is None else sizes
+    return {s: subsets[subsets.sum(1) == s] for s in sizes}
+
+
+def subset_key(subset: Tensor, names: list[str]) -> str:
+    """[M] mask -> "m0+m2"."""
+    return "+".join(subset_names(subset[None], names)[0])
+
+
+def pair_key(subset: Tensor, target: str, names: list[str]) -> str:
+    """The key of a conditional metric: "m0+m2->m1"."""
+    return f"{subset_key(subset, names)}->{target}"
+
+
+def subset_rows(avail: Tensor, subsets: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows for every (subset, tuple) pair whose subset the tuple has observed, subset-major.
+
+    avail [N, M], subsets [K, M] -> (tuple index [R], subset index [R]), R <= K * N.
+    """
+    ok = (subsets[:, None, :] <= avail[None]).all(-1)  # [K, N]: S within what tuple i observed
+    k, i = ok.nonzero(as_tuple=True)
+    return i, k
+
+
+def row_chunks(n_rows: int, max_rows: int | None) -> Iterator[slice]:
+    """Slices of at most max_rows rows covering range(n_rows) (one slice when max_rows is None)."""
+    step = n_rows if not max_rows else max(1, int(max_rows))
+    for lo in range(0, n_rows, max(step, 1)):
+        yield slice(lo, min(lo + step, n_rows))
+
+
+def gather_rows(data: dict[str, Tensor], rows: Tensor, device) -> dict[str, Tensor]:
+    """data[name][rows] on `device` for every modality.  -> name -> [R, *shape]"""
+    return {k: v[rows].to(device, non_blocking=True) for k, v in data.items()}
+
+
+def model_device(model) -> torch.device:
+    """The model's device; CPU for stubs without parameters."""
+    dev = getattr(model, "device", None)
+    if dev is not None:
+        return torch.device(dev)
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

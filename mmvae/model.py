@@ -1,0 +1,198 @@
+"""MultimodalVAE: modalities, a shared latent (+ optional private latents), an aggregator, a prior and an objective.
+
+Verbs: `encode`, `posterior`, `decode`, `forward` (the training loss), `impute`, `embed`, `sample`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .aggregators import Aggregator, make_aggregator
+from .errors import InputError
+from .gaussian import Experts, SubsetPosterior, rsample, soft_clamp_logvar
+from .modality import Modality
+from .objectives import ModelOutput, Objective, make_objective
+from .priors import make_prior
+from .validation import check_count, check_inputs
+
+
+@dataclass
+class Encoded:
+    """All posteriors of one batch: the shared experts q(z | x_m) and the private q(w_m | x_m)."""
+
+    experts: Experts  # mu, logvar [M, B, Ds]; avail [B, M]
+    private: dict[str, tuple[Tensor, Tensor]]  # name -> (mu, logvar) [B, Dm]; zeros where x_m is missing
+
+
+class MultimodalVAE(nn.Module):
+    """p(X, z, w) = p(z) prod_m p(w_m) p(x_m | z, w_m), with q(z | X) built from the experts by the aggregator.
+
+    private_dim: an int for every modality or a dict name -> int (0 = no private latent).
+    cross_private: where a decoder gets w_m when x_m is not in the conditioning subset: "prior" (MMVAE+: a draw
+    from the private prior, with a learned scale when learn_private_prior) or "posterior" (DMVAE: its own
+    encoding of x_m, when observed).
+    """
+
+    def __init__(self, modalities: dict[str, Modality], shared_dim: int, private_dim: int | dict = 0,
+                 aggregator: str | dict | Aggregator = "mopoe", prior="normal", beta: float = 1.0,
+                 objective: str | dict | Objective | None = None, cross_private: str = "prior",
+                 learn_private_prior: bool = False):
+        super().__init__()
+        if not modalities:
+            raise InputError("a MultimodalVAE needs at least one modality")
+        if cross_private not in ("prior", "posterior"):
+            raise InputError(f"cross_private must be 'prior' or 'posterior', got {cross_private!r}")
+        self.names = list(modalities)
+        if isinstance(private_dim, dict):
+            unknown = set(private_dim) - set(self.names)
+            if unknown:
+                raise InputError(f"private_dim names unknown modality {sorted(unknown)[0]!r} (known: {self.names})")
+        self.shared_dim = int(shared_dim)
+        self.private_dims = {n: int(private_dim.get(n, 0) if isinstance(private_dim, dict) else private_dim)
+                             for n in self.names}
+        for name, mod in modalities.items():
+            mod.build(name, self.shared_dim + self.private_dims[name])
+        self.modalities = nn.ModuleDict(modalities)
+        self.aggregator = make_aggregator(aggregator)
+        self.prior = make_prior(prior)  # an nn.Module prior registers its parameters here
+        self.objective = make_objective(objective)
+        self.beta = float(beta)
+        self.cross_private, self.learn_private_prior = cross_private, learn_private_prior
+        # log-variance of the private prior r(w_m) used for cross-modal decoding (learned in MMVAE+)
+        self.private_prior_logvar = nn.ParameterDict({
+            n: nn.Parameter(torch.zeros(d), requires_grad=learn_private_prior)
+            for n, d in self.private_dims.items() if d > 0})
+
+    # ---------------------------------------------------------------- verbs
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def check(self, x, avail=None) -> tuple[dict[str, Tensor], Tensor]:
+        """Validate inputs and move them to the model's device; see `validation.check_inputs`.
+        Floating-point data of another precision (float64 from numpy, float16) is cast to the weights' dtype."""
+        x, avail = check_inputs(self.modalities, self.names, x, avail)
+        param = next(self.parameters())
+        dev, dtype = param.device, param.dtype
+        return {n: t.to(dev, dtype=dtype) if t.is_floating_point() else t.to(dev) for n, t in x.items()}, avail.to(dev)
+
+    def encode(self, x: dict[str, Tensor], avail: Tensor) -> Encoded:
+        """Every observed modality's posterior; only observed rows go through an encoder."""
+        B, Ds = avail.shape[0], self.shared_dim
+        mus, lvs, private = [], [], {}
+        for i, name in enumerate(self.names):
+            D = Ds + self.private_dims[name]
+            rows = avail[:, i]
+            mu = torch.zeros(B, D, device=avail.device)
+            lv = torch.zeros(B, D, device=avail.device)
+            if name in x and bool(rows.any()):
+                idx = None if bool(rows.all()) else rows.nonzero().squeeze(1)
+                m, l = self.modalities[name].encode(x[name] if idx is None else x[name].index_select(0, idx))
+                if m.shape[-1] != D:  # checked before index_copy, which would fail with a RuntimeError
+                    raise InputError(f"modality {name!r}: encoder gives {m.shape[-1]} posterior means, expected "
+                                     f"shared_dim + private_dim = {D}")
+                m, l = m.float(), soft_clamp_logvar(l.float())
+                mu, lv = (m, l) if idx is None else (mu.index_copy(0, idx, m), lv.index_copy(0, idx, l))
+            mus.append(mu[:, :Ds])
+            lvs.append(lv[:, :Ds])
+            if D > Ds:
+                private[name] = (mu[:, Ds:], lv[:, Ds:])
+        return Encoded(Experts(torch.stack(mus), torch.stack(lvs), avail), private)
+
+    def posterior(self, x: dict[str, Tensor], avail: Tensor | None = None) -> tuple[SubsetPosterior, Encoded]:
+        """q(z | x_S) for the aggregator's subsets of what is observed, and the encodings it came from."""
+        x, avail = self.check(x, avail)
+        enc = self.encode(x, avail)
+        return self.aggregator(enc.experts), enc
+
+    def decode(self, name: str, z: Tensor, w: Tensor | None = None) -> Tensor:
+        """Likelihood parameters of x_m from [z, w_m].  z [..., B, Ds], w [..., B, Dm] -> [..., B, *out]"""
+        h = z if w is None or w.shape[-1] == 0 else torch.cat([z, w.to(z.dtype)], -1)
+        lead = h.shape[:-1]
+        out = self.modalities[name].decoder(h.reshape(-1, h.shape[-1]))
+        return out.reshape(*lead, *out.shape[1:]).float()
+
+    def private_sample(self, name: str, enc: Encoded, use_posterior: Tensor, n: int) -> Tensor | None:
+        """w_m for decoding: from q(w_m | x_m) where use_posterior [K, B], else from the private prior.
+        -> [n, K, B, Dm], or None without a private latent."""
+        d = self.private_dims[name]
+        if d == 0:
+            return None
+        K, B = use_posterior.shape
+        prior = torch.randn(n, K, B, d, device=use_posterior.device) * (0.5 * self.private_prior_logvar[name]).exp()
+        if name not in enc.private:
+            return prior
+        i = self.names.index(name)
+        use = use_posterior | (enc.experts.avail[:, i] if self.cross_private == "posterior" else False)
+        post = rsample(*enc.private[name], n * K).view(n, K, B, d)
+        return torch.where(use[None, ..., None], post, prior)
+
+    def forward(self, x: dict[str, Tensor], avail: Tensor | None = None) -> ModelOutput:
+        """The training loss of one batch (the negative objective, averaged over samples) and its terms."""
+        x, avail = self.check(x, avail)
+        return self.objective(self, x, avail)
+
+    @torch.no_grad()
+    def impute(self, observed: dict[str, Tensor], targets: list[str] | None = None, n_samples: int = 1,
+               avail: Tensor | None = None) -> dict[str, Tensor]:
+        """Decode `targets` (default: every modality not given) from z ~ q(z | observed) and, for modalities not
+        observed, a private code from its prior. Returns name -> [B, ...], or [n_samples, B, ...] when n_samples > 1.
+        """
+        if isinstance(targets, str):
+            targets = [targets]
+        targets = [n for n in self.names if n not in observed] if targets is None else list(targets)
+        n_samples = check_count(n_samples, "impute: n_samples", 1)
+        unknown = [t for t in targets if t not in self.names]
+        if unknown:
+            raise InputError(f"unknown target modality {unknown[0]!r} (known: {self.names})")
+        post, enc = self.posterior(observed, avail)
+        z = post.sample_component(n_samples)  # [n, B, Ds]
+        out = {}
+        for name in targets:
+            i = self.names.index(name)
+            own = enc.experts.avail[:, i][None].expand(n_samples, -1)  # [n, B]: reconstruct from own code
+            w = self.private_sample(name, enc, own, 1)
+            params = self.decode(name, z, None if w is None else w[0])
+            mean = self.modalities[name].likelihood.mean(params)
+            out[name] = mean if n_samples > 1 else mean[0]
+        return out
+
+    @torch.no_grad()
+    def embed(self, observed: dict[str, Tensor], avail: Tensor | None = None) -> dict:
+        """Posterior means for downstream use: {"shared": [B, Ds], "private": {name: [B, Dm]}}."""
+        post, enc = self.posterior(observed, avail)
+        return {"shared": post.mean(), "private": {n: mu for n, (mu, _) in enc.private.items() if n in observed}}
+
+    @torch.no_grad()
+    def sample(self, n: int) -> dict[str, Tensor]:
+        """Unconditional generation: z ~ N(0, I), w_m from the private priors, every modality decoded."""
+        n = check_count(n, "sample: n", 0)
+        z = torch.randn(n, self.shared_dim, device=self.device)
+        out = {}
+        for name in self.names:
+            d = self.private_dims[name]
+            w = torch.randn(n, d, device=self.device) * (0.5 * self.private_prior_logvar[name]).exp() if d else None
+            out[name] = self.modalities[name].likelihood.mean(self.decode(name, z, w))
+        return out
+
+    # ---------------------------------------------------------------- configuration
+    def config(self) -> dict:
+        """Everything needed to rebuild this model (JSON-able)."""
+        return {
+            "modalities": {n: m.config() for n, m in self.modalities.items()},
+            "shared_dim": self.shared_dim, "private_dim": self.private_dims,
+            "aggregator": self.aggregator.config(), "prior": self.prior.config(), "beta": self.beta,
+            "objective": self.objective.config(), "cross_private": self.cross_private,
+            "learn_private_prior": self.learn_private_prior,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict | str, modalities: dict[str, Modality] | None = None) -> "MultimodalVAE":
+        """Rebuild a model from `config()` (a dict or its JSON); pass `modalities` if they hold custom networks."""
+        cfg = json.loads(cfg) if isinstance(cfg, str) else dict(cfg)
+        mods = modalities or {n: Modality.from_config(c) for n, c in cfg.pop("modalities").items()}
+        cfg.pop("modalities", None)
+        return cls(mods, **cfg)

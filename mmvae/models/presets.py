@@ -1,0 +1,104 @@
+"""The published models as presets: each picks an aggregator, a prior, latent sizes and an objective.
+
+Every preset is `(modalities, shared_dim=..., **overrides) -> MultimodalVAE`; an override replaces any
+`MultimodalVAE` argument (e.g. `private_dim=8` gives any preset private latents, `prior="mmvamp"` the MM-VAMP prior).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+from ..modality import Modality
+from ..model import MultimodalVAE
+
+
+def _make(modalities: dict[str, Modality], defaults: dict, overrides: dict) -> MultimodalVAE:
+    return MultimodalVAE(modalities, **{**defaults, **overrides})
+
+
+def mvae(modalities, shared_dim: int = 16, **overrides) -> MultimodalVAE:
+    """MVAE (Wu & Goodman, NeurIPS 2018). Objective: the joint PoE ELBO plus every unimodal ELBO (sub-sampled terms)."""
+    return _make(modalities, dict(shared_dim=shared_dim, aggregator={"name": "poe", "subsets": "joint+unimodal"}),
+                 overrides)
+
+
+def mmvae(modalities, shared_dim: int = 16, K: int = 10, estimator: str = "dreg", **overrides) -> MultimodalVAE:
+    """MMVAE (Shi, Siddharth, Paige & Torr, NeurIPS 2019). Objective: IWAE bound of the MoE posterior, K samples
+    stratified over the unimodal experts, trained with DReG gradients."""
+    return _make(modalities, dict(shared_dim=shared_dim, aggregator="moe", objective={"name": estimator, "K": K}),
+                 overrides)
+
+
+def mopoe(modalities, shared_dim: int = 16, **overrides) -> MultimodalVAE:
+    """MoPoE-VAE (Sutter, Daunhawer & Vogt, ICLR 2021). Objective: ELBO of the mixture over all subsets of their
+    products of experts, one subset drawn per sample."""
+    return _make(modalities, dict(shared_dim=shared_dim, aggregator="mopoe"), overrides)
+
+
+def mmvm(modalities, shared_dim: int = 16, **overrides) -> MultimodalVAE:
+    """MMVM VAE (Sutter, Daunhawer & Vogt, NeurIPS 2024, "Unity by Diversity"). Objective: sum_m [-log p(x_m | z_m)
+    + beta KL(q(z_m | x_m) || h(z_m | X))], h the MM-VAMP mixture of the observed unimodal posteriors."""
+    return _make(modalities, dict(shared_dim=shared_dim, aggregator="none", prior={"name": "mmvamp", "kl": "bound"}),
+                 overrides)
+
+
+def mmvaeplus(modalities, shared_dim: int = 16, private_dim: int = 8, K: int = 10, estimator: str = "dreg",
+              **overrides) -> MultimodalVAE:
+    """MMVAE+ (Palumbo, Daunhawer & Vogt, ICLR 2023). Objective: stratified IWAE/DReG of the MoE shared latent, with
+    private w_m from q(w_m | x_m) for self-reconstruction and from a learned-scale prior r(w_m) across modalities."""
+    return _make(modalities, dict(shared_dim=shared_dim, private_dim=private_dim, aggregator="moe",
+                                  objective={"name": estimator, "K": K}, cross_private="prior",
+                                  learn_private_prior=True), overrides)
+
+
+def dmvae(modalities, shared_dim: int = 16, private_dim: int = 8, **overrides) -> MultimodalVAE:
+    """DMVAE (Lee & Pavlovic, CVPR Workshops 2021). Objective: ELBOs of the joint PoE and of each unimodal shared
+    posterior, each reconstructing every modality with its own private code (cross-reconstruction terms)."""
+    return _make(modalities, dict(shared_dim=shared_dim, private_dim=private_dim,
+                                  aggregator={"name": "poe", "subsets": "joint+unimodal"},
+                                  objective={"name": "elbo", "combine": "sum", "reconstruct": "all"},
+                                  cross_private="posterior"), overrides)
+
+
+def independent(modalities, shared_dim: int = 16, **overrides) -> MultimodalVAE:
+    """Independent VAEs (the no-sharing baseline of the MMVM paper). Objective: sum_m ELBO of q(z_m | x_m) with a
+    N(0, I) prior; imputation decodes from the mixture of the observed posteriors."""
+    return _make(modalities, dict(shared_dim=shared_dim, aggregator="none"), overrides)
+
+
+PRESETS = {f.__name__: f for f in (mvae, mmvae, mopoe, mmvm, mmvaeplus, dmvae, independent)}
+
+
+def default_modalities(dataset) -> dict[str, Modality]:
+    """One Modality per dataset modality, with ready-made networks for its shape and its suggested likelihood."""
+    mods = {}
+    for name in dataset.modalities:
+        lik = dataset.likelihoods[name]
+        if lik == "categorical":
+            lik = {"name": "categorical", "num_classes": int(dataset.data[name].max()) + 1}
+        mods[name] = Modality(shape=dataset.shapes[name], likelihood=lik)
+    return mods
+
+
+def build(name: str, dataset, shared_dim: int | None = None, private_dim: int | None = None,
+          **kw) -> MultimodalVAE:
+    """The preset `name` with default networks for `dataset` (its `.shapes` and `.likelihoods`); None keeps the
+    preset's default size."""
+    if name not in PRESETS:
+        raise InputError(f"unknown model {name!r}; choose one of {sorted(PRESETS)}")
+    sizes = {k: v for k, v in (("shared_dim", shared_dim), ("private_dim", private_dim)) if v is not None}
+    return PRESETS[name](default_modalities(dataset), **sizes, **kw)
+
+
+@torch.no_grad()
+def modality_embeddings(model: MultimodalVAE, observed: dict[str, Tensor], avail: Tensor | None = None) -> dict:
+    """Downstream representations (MMVM): each observed modality's own posterior mean, and their average.
+
+    -> {"per_modality": {name: [B, Ds]}, "mean": [B, Ds]} (the mean over the modalities observed per sample).
+    """
+    x, avail = model.check(observed, avail)
+    enc = model.encode(x, avail)
+    mu, av = enc.experts.mu, enc.experts.avail.T[..., None].to(enc.experts.mu.dtype)  # [M, B, D], [M, B, 1]
+    per = {n: mu[i] for i, n in enumerate(model.names) if n in observed}
+    return {"per_modality": per, "mean": (mu * av).sum(0) / av.sum(0).clamp_min(1.0)}

@@ -1,0 +1,60 @@
+"""The run folder's text files: `config.json`, `metrics.jsonl`, `metrics.csv` and `train.log`.
+
+Metrics files are rewritten from the whole history each epoch (a few lines), so after a resume they match the
+checkpoint's history instead of holding epochs that the resumed run repeats.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace `path` atomically with `text`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_safe(value):
+    """NaN and infinities become strings so that the JSON stays standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class RunLog:
+    """Writes one run folder. Only the process that owns the folder (rank 0) should hold one."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        """A file inside the run folder."""
+        return self.folder / name
+
+    def write_config(self, config: dict) -> None:
+        """`config.json`: the model configuration, trainer settings, seed and versions."""
+        _write_text(self.path("config.json"), json.dumps(config, indent=2, default=str) + "\n")
+
+    def write_history(self, history: list[dict]) -> None:
+        """`metrics.jsonl` (one JSON object per epoch) and `metrics.csv` (one row per epoch, union of columns)."""
+        rows = [{k: _json_safe(v) for k, v in h.items()} for h in history]
+        _write_text(self.path("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_text(self.path("metrics.csv"), buf.getvalue())
+
+    def note(self, message: str) -> None:
+        """Append a time-stamped line to `train.log` (warnings, interruptions, resumes)."""
+        with open(self.path("train.log"), "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")

@@ -1,0 +1,97 @@
+"""Checks at the boundary: every bad input raises `InputError` naming the modality, what was expected and got."""
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+
+def _rows(t: Tensor) -> Tensor:
+    """Per-sample reduction helper: flatten everything after the batch dim.  # [B, -1]"""
+    return t.reshape(t.shape[0], -1)
+
+
+def check_count(value, what: str, minimum: int) -> int:
+    """`value` as an int >= minimum (Python, numpy or 0-d torch integers), else InputError naming `what`."""
+    try:
+        n = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or n < minimum:
+        raise InputError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return n
+
+
+def check_inputs(modalities, names: list[str], x, avail=None) -> tuple[dict[str, Tensor], Tensor]:
+    """Validate a batch and return (x with missing entries zeroed, avail [B, M] bool).
+
+    With avail=None, a modality absent from x is missing for every sample, and a row that is entirely NaN
+    marks that sample's modality as missing. Values where avail is False are never read.
+    """
+    if not isinstance(x, dict):
+        raise InputError(f"inputs must be a dict of modality name -> tensor, got {type(x).__name__}")
+    unknown = sorted(set(x) - set(names))
+    if unknown:
+        raise InputError(f"unknown modality {unknown[0]!r} (known: {names})")
+    if not x:
+        raise InputError(f"no modality given; expected some of {names}")
+    sizes = {}
+    for name, t in x.items():
+        if not isinstance(t, Tensor):
+            raise InputError(f"modality {name!r}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dim() == 0:
+            raise InputError(f"modality {name!r}: expected a batch [B, ...], got a scalar")
+        sizes[name] = t.shape[0]
+    if len(set(sizes.values())) > 1:
+        raise InputError(f"batch sizes disagree across modalities: {sizes}")
+    B = next(iter(sizes.values()))
+    if B == 0:
+        raise InputError("empty batch: every modality has 0 samples")
+    device = next(iter(x.values())).device
+    for name, t in x.items():
+        shape = modalities[name].shape
+        if shape is not None and tuple(t.shape[1:]) != tuple(shape):
+            raise InputError(f"modality {name!r}: expected per-sample shape {tuple(shape)}, got {tuple(t.shape[1:])}")
+    if avail is None:
+        avail = torch.zeros(B, len(names), dtype=torch.bool, device=device)
+        for name, t in x.items():
+            present = ~_rows(t).isnan().all(1) if torch.is_floating_point(t) else torch.ones(B, dtype=torch.bool)
+            avail[:, names.index(name)] = present.to(device)
+    else:
+        try:
+            avail = torch.as_tensor(avail, device=device)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f"availability mask must be a [B, M] = [{B}, {len(names)}] bool tensor, got "
+                             f"{type(avail).__name__} ({e})") from None
+        if tuple(avail.shape) != (B, len(names)):
+            raise InputError(f"availability mask must be [B, M] = [{B}, {len(names)}] "
+                             f"(modalities {names}), got {list(avail.shape)}")
+        if avail.dtype != torch.bool:
+            odd = avail.flatten()[:0] if avail.is_complex() else avail[(avail != 0) & (avail != 1)]
+            if avail.is_complex() or len(odd):
+                raise InputError(f"availability mask must hold booleans or 0/1, got dtype {avail.dtype} with values "
+                                 f"like {odd[:5].tolist()}")
+            avail = avail.bool()
+    empty = (~avail.any(1)).nonzero().flatten()
+    if len(empty):
+        raise InputError(f"sample(s) {empty[:10].tolist()} have no observed modality; each sample needs at least one")
+    clean = {}
+    for i, name in enumerate(names):
+        if name not in x:
+            if bool(avail[:, i].any()):
+                raise InputError(f"modality {name!r} is marked observed in the availability mask but is missing "
+                                 f"from the inputs")
+            continue
+        t, rows = x[name], avail[:, i]
+        fill = torch.zeros((), dtype=t.dtype, device=t.device)
+        t = torch.where(rows.view(B, *[1] * (t.dim() - 1)), t, fill)  # missing entries are never read
+        if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+            bad = (~torch.isfinite(_rows(t)).all(1)).nonzero().flatten()[:10].tolist()
+            raise InputError(f"modality {name!r}: NaN or Inf in observed sample(s) {bad}")
+        if bool(rows.any()):
+            modalities[name].likelihood.check(t[rows], name)
+        clean[name] = t
+    return clean, avail
