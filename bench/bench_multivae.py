@@ -312,7 +312,8 @@ def step_peak_mib(runner: Runner, device, cpu_peak: CPUPeak | None) -> float | N
 
 
 # ------------------------------------------------------------------------------------------------ one comparison
-def compare(kind: str, nets: dict, shape, data, labels, batch_size: int, args, device) -> dict:
+def compare(kind: str, nets: dict, shape, data, labels, batch_size: int, args, device) -> tuple[dict, dict]:
+    """Loss check, call counts and interleaved step timings of one model at one batch size. -> (result, runners)"""
     pair = build_pair(kind, nets, shape, args)
     pair.ours.to(device)
     pair.theirs.to(device)
@@ -342,17 +343,17 @@ def compare(kind: str, nets: dict, shape, data, labels, batch_size: int, args, d
     # both saw the same batches for the same number of steps: the last round's training losses should agree too
     res["trained_loss"] = {lib: float(torch.stack(r.last_losses).mean()) for lib, r in runners.items()}
     res["trained_steps"] = args.warmup + args.rounds * args.steps
-    cpu_peak = CPUPeak() if device.type == "cpu" and not args.no_cpu_memory else None
+    return res, runners
+
+
+def measure_memory(res: dict, runners: dict, device, cpu_peak: CPUPeak | None, reps: int) -> None:
+    """Peak step memory of both libraries into `res` (run after all timings: the CPU method changes malloc)."""
     peaks = {}
-    for lib in (["mmvae", "multivae"] if device.type == "cuda" or cpu_peak else []):
-        peaks[lib] = statistics.median(step_peak_mib(runners[lib], device, cpu_peak) for _ in range(args.mem_reps))
+    if device.type == "cuda" or cpu_peak is not None:
+        for lib in ("mmvae", "multivae"):
+            peaks[lib] = statistics.median(step_peak_mib(runners[lib], device, cpu_peak) for _ in range(reps))
     res["peak_mib"] = peaks or None
     res["memory_ratio"] = peaks["mmvae"] / peaks["multivae"] if peaks and peaks["multivae"] else None
-    del pair, runners, batches
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return res
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -450,15 +451,20 @@ def main(argv=None) -> int:
     print(f"mmvae {mmvae.__version__} vs multivae {MULTIVAE_VERSION}"
           f" | torch {torch.__version__} | {device} | {what} {len(names)} x {list(shape)}, N={args.n}"
           f" | latent {args.latent}", flush=True)
-    results = []
+    results, pending = [], []
     t_start = time.perf_counter()
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         for kind in models:
             nets = make_networks(names, shape, args.latent, args.private_dim if kind == "mmvaeplus" else 0, args.seed)
-            r = compare(kind, nets, shape, data, labels, bs, args, device)
+            r, runners = compare(kind, nets, shape, data, labels, bs, args, device)
             results.append(r)
+            pending.append((r, runners))
             print(f"  {kind:<10} B={bs:<4} time ratio {r['time_ratio']:.2f}  "
                   f"({1e3 * r['step_s']['mmvae']:.1f} vs {1e3 * r['step_s']['multivae']:.1f} ms)", flush=True)
+    cpu_peak = CPUPeak() if device.type == "cpu" and not args.no_cpu_memory else None
+    for r, runners in pending:
+        measure_memory(r, runners, device, cpu_peak, args.mem_reps)
+    del pending
     memory_kind = {"cuda": "torch.cuda.max_memory_allocated above resting"}.get(
         device.type, "peak RSS above resting, approximate" if not args.no_cpu_memory else "not measured")
     print()

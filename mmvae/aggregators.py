@@ -48,9 +48,17 @@ class Aggregator:
         """Combine the experts selected by w [K, B, M] into (mu, logvar) [K, B, D]."""
         raise NotImplementedError
 
+    def mask(self, M: int, device=None) -> Tensor:
+        """`subsets(M)`, built once per (M, device) and cached.  # [K, M] bool"""
+        cache = self.__dict__.setdefault("_masks", {})
+        key = (M, str(device or "cpu"))
+        if key not in cache:
+            cache[key] = self.subsets(M).to(device or "cpu")
+        return cache[key]
+
     def __call__(self, experts: Experts) -> SubsetPosterior:
         M = experts.mu.shape[0]
-        S = self.subsets(M).to(experts.mu.device)  # [K, M]
+        S = self.mask(M, experts.mu.device)  # [K, M]
         avail = experts.avail  # [B, M]
         w = S[:, None, :] & avail[None]  # [K, B, M]
         if self.restrict == "contain":

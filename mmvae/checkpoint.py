@@ -118,8 +118,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             f"{path}: refusing to unpickle arbitrary objects; this file holds more than tensors and plain values "
             f"(it may run code when loaded), and mmvae checkpoints load with weights_only=True only. "
             f"{detail[0] if detail else ''}".rstrip()) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file): {e}") from None
+    except Exception as e:  # truncated zips, text, legacy pickles: torch raises many types (IndexError, ...)
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file): "
+                              f"{type(e).__name__}: {e}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not an mmvae checkpoint (expected format {FORMAT!r}, got {got!r})")

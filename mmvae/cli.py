@@ -71,6 +71,16 @@ def check_settings(cfg: dict, source: str) -> None:
             raise InputError(f"{source}: option {key!r} must be >= {low}, got {value!r}")
     if cfg.get("drop_rate") is not None and cfg["drop_rate"] > 1:
         raise InputError(f"{source}: option 'drop_rate' must lie in [0, 1], got {cfg['drop_rate']!r}")
+    if cfg.get("device") not in (None, "auto"):
+        import torch
+
+        try:
+            device = torch.device(cfg["device"])
+        except (RuntimeError, ValueError):
+            raise InputError(f"{source}: option 'device' expects auto, cpu, cuda or cuda:N, got {cfg['device']!r}") \
+                from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"{source}: option 'device' is {cfg['device']!r} but CUDA is not available here")
 
 
 def _settings(args) -> dict:
@@ -126,7 +136,14 @@ def evaluate(args) -> int:
 
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
     kw = {"metrics": metrics} if metrics else {}
-    result = evaluate_run(args.run, out=args.out, device=args.device, **kw)
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        try:
+            kw[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kw[key] = value
+    result = evaluate_run(args.run, out=args.out, device=args.device, seed=args.seed, n_test=args.n_test,
+                          quick=args.quick, **kw)
     print(f"wrote {Path(args.out or args.run) / 'report.md'} and metrics.json "
           f"({result.get('time_s', float('nan')):.1f} s)")
     return 0
@@ -135,7 +152,7 @@ def evaluate(args) -> int:
 def compare(args) -> int:
     from .evaluation import compare_runs
 
-    compare_runs(args.runs, out=args.out)
+    compare_runs(args.runs, out=args.out, device=args.device)
     print(f"wrote {Path(args.out) / 'compare.md'}")
     return 0
 
@@ -180,9 +197,15 @@ def main(argv=None) -> int:
     p.add_argument("--metrics", help="comma list of coherence,latent,imputation,disentanglement")
     p.add_argument("--out", type=Path)
     p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-test", dest="n_test", type=int, help="evaluate on the first N test tuples")
+    p.add_argument("--quick", action="store_true", help="fewer samples: a fast look, not numbers to publish")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="an evaluation setting, e.g. --set loglik_K=20 --set probe_n_train=500")
     p = sub.add_parser("compare", help="several runs side by side: compare.md and a coherence plot")
     p.add_argument("runs", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
+    p.add_argument("--device", default="auto")
     p = sub.add_parser("impute", help="fill missing modalities of a .npz (NaN rows or absent arrays)")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--input", type=Path, required=True)

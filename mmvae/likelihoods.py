@@ -51,7 +51,7 @@ class _LocationScale(Likelihood):
 
     def __init__(self, scale: float = 1.0, learn_scale: bool = False):
         super().__init__()
-        self.learn_scale = learn_scale
+        self.learn_scale, self.initial_scale = learn_scale, float(scale)
         log_scale = torch.tensor(math.log(scale))
         if learn_scale:
             self.log_scale = nn.Parameter(log_scale)
@@ -63,7 +63,8 @@ class _LocationScale(Likelihood):
         return self.family(params, scale, validate_args=False).to_event(event_dims)
 
     def config(self):
-        return {"name": self.name, "scale": float(self.log_scale.exp()), "learn_scale": self.learn_scale}
+        # a learned scale is a weight (in the state_dict); the config keeps its starting value, so it stays fixed
+        return {"name": self.name, "scale": self.initial_scale, "learn_scale": self.learn_scale}
 
 
 class Gaussian(_LocationScale):

@@ -25,6 +25,7 @@ class Encoded:
 
     experts: Experts  # mu, logvar [M, B, Ds]; avail [B, M]
     private: dict[str, tuple[Tensor, Tensor]]  # name -> (mu, logvar) [B, Dm]; zeros where x_m is missing
+    observed: list[bool] | None = None  # per modality: observed in any sample of the batch
 
 
 class MultimodalVAE(nn.Module):
@@ -82,25 +83,26 @@ class MultimodalVAE(nn.Module):
     def encode(self, x: dict[str, Tensor], avail: Tensor) -> Encoded:
         """Every observed modality's posterior; only observed rows go through an encoder."""
         B, Ds = avail.shape[0], self.shared_dim
+        observed, complete = torch.stack([avail.any(0), avail.all(0)]).tolist()  # one host sync per batch
         mus, lvs, private = [], [], {}
         for i, name in enumerate(self.names):
             D = Ds + self.private_dims[name]
-            rows = avail[:, i]
-            mu = torch.zeros(B, D, device=avail.device)
-            lv = torch.zeros(B, D, device=avail.device)
-            if name in x and bool(rows.any()):
-                idx = None if bool(rows.all()) else rows.nonzero().squeeze(1)
+            if name in x and observed[i]:
+                idx = None if complete[i] else avail[:, i].nonzero().squeeze(1)
                 m, l = self.modalities[name].encode(x[name] if idx is None else x[name].index_select(0, idx))
                 if m.shape[-1] != D:  # checked before index_copy, which would fail with a RuntimeError
                     raise InputError(f"modality {name!r}: encoder gives {m.shape[-1]} posterior means, expected "
                                      f"shared_dim + private_dim = {D}")
                 m, l = m.float(), soft_clamp_logvar(l.float())
-                mu, lv = (m, l) if idx is None else (mu.index_copy(0, idx, m), lv.index_copy(0, idx, l))
+                mu, lv = (m, l) if idx is None else (m.new_zeros(B, D).index_copy(0, idx, m),
+                                                     l.new_zeros(B, D).index_copy(0, idx, l))
+            else:
+                mu = lv = torch.zeros(B, D, device=avail.device)
             mus.append(mu[:, :Ds])
             lvs.append(lv[:, :Ds])
             if D > Ds:
                 private[name] = (mu[:, Ds:], lv[:, Ds:])
-        return Encoded(Experts(torch.stack(mus), torch.stack(lvs), avail), private)
+        return Encoded(Experts(torch.stack(mus), torch.stack(lvs), avail), private, observed)
 
     def posterior(self, x: dict[str, Tensor], avail: Tensor | None = None) -> tuple[SubsetPosterior, Encoded]:
         """q(z | x_S) for the aggregator's subsets of what is observed, and the encodings it came from."""

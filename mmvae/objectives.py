@@ -44,23 +44,29 @@ def log_likelihoods(model, enc, x: dict[str, Tensor], z: Tensor, post: SubsetPos
     """
     S, K, B, _ = z.shape
     avail = enc.experts.avail  # [B, M]
+    observed = enc.observed if enc.observed is not None else avail.any(0).tolist()
+    subsets = model.aggregator.mask(len(model.names)) if members_only and post.subsets is not None else None
     out = z.new_zeros(S, K, B, len(model.names))
     for i, name in enumerate(model.names):
-        if name not in x or not bool(avail[:, i].any()):
+        if name not in x or not observed[i]:
             continue
-        rows = torch.arange(K, device=z.device)
-        if members_only and post.subsets is not None:
-            rows = post.subsets[:, i].nonzero().squeeze(1)  # the subsets that contain m
-        in_subset = post.members[rows, :, i]  # [K', B]
+        if subsets is None:  # every subset decodes m: no gather
+            rows, zr, in_subset = torch.arange(K, device=z.device), z, post.members[:, :, i]
+        else:  # only the subsets that contain m (a constant of the aggregator, on the host)
+            rows = subsets[:, i].nonzero().squeeze(1).to(z.device)
+            zr, in_subset = z[:, rows], post.members[rows, :, i]  # [S, K', B, D], [K', B]
         w = model.private_sample(name, enc, in_subset, S)  # [S, K', B, Dp]
         if record is not None and w is not None:
             record[name] = (rows, in_subset, w)
-        params = model.decode(name, z[:, rows], w)  # [S, K', B, *out]
+        params = model.decode(name, zr, w)  # [S, K', B, *out]
         lp = model.modalities[name].likelihood.log_prob(params, x[name])  # [S, K', B]
         lp = torch.where(avail[:, i], lp, 0.0) * model.modalities[name].weight
         if members_only:
             lp = torch.where(in_subset, lp, 0.0)
-        out[:, rows, :, i] = lp
+        if subsets is None:
+            out[..., i] = lp
+        else:
+            out[:, rows, :, i] = lp
     return out
 
 

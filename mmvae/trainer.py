@@ -123,9 +123,14 @@ class Trainer:
                               f"{', '.join(p.name for p in stale)}")
             cfg = self.model.config() if hasattr(self.model, "config") else None
             self.log.write_config({**self.extra_config, "model": cfg, "trainer": self.settings(), "seed": self.seed,
-                                   "world_size": d.world, "device": str(device), "versions": versions()})
+                                   "world_size": d.world, "device": str(device), "versions": versions(),
+                                   "threads": torch.get_num_threads()})
             if self.resume is not None:
                 self.log.note(f"resumed from {self.resume} at epoch {self.epoch}, batch {self.step_in_epoch}")
+
+    @property
+    def model_device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def _restore(self, state: dict, d: D.Dist) -> None:
         try:
@@ -148,8 +153,9 @@ class Trainer:
         self.partial = _Sums(json.loads(state.get("epoch_sums", "{}")))
         self.partial_time = float(state.get("epoch_time", 0.0))
         saved = json.loads(state.get("trainer", "{}"))
-        changed = [k for k in ("batch_size", "seed", "drop_last", "world") if k in saved
-                   and saved[k] != {**self.settings(), "world": d.world}[k]]
+        now = {**self.settings(), "world": d.world, "threads": torch.get_num_threads()}  # CPU sums split by thread
+        keys = ("batch_size", "seed", "drop_last", "world") + (("threads",) if self.model_device.type == "cpu" else ())
+        changed = [k for k in keys if k in saved and saved[k] != now[k]]
         if changed:
             warnings.warn(f"resuming with different {changed} than {self.resume}: the run will not reproduce an "
                           "uninterrupted one exactly", stacklevel=4)
@@ -173,7 +179,8 @@ class Trainer:
         if not d.is_main:
             return None
         cfg = self.model.config() if hasattr(self.model, "config") else None
-        state = {"config": json.dumps(cfg), "trainer": json.dumps({**self.settings(), "world": d.world}),
+        trainer = {**self.settings(), "world": d.world, "threads": torch.get_num_threads()}
+        state = {"config": json.dumps(cfg), "trainer": json.dumps(trainer),
                  "extra": json.dumps(self.extra_config), "history": json.dumps(self.history),
                  "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,

@@ -15,7 +15,8 @@ import torch
 from scipy import stats
 
 from mmvae import InputError
-from mmvae.aggregators import AVG, AGGREGATORS, PoE, MoE, MoPoE, NoAggregation, all_subsets, make_aggregator, subset_names
+from mmvae.aggregators import (AGGREGATORS, AVG, MoE, MoPoE, NoAggregation, PoE, all_subsets, make_aggregator,
+                               subset_names)
 from mmvae.gaussian import Experts, SubsetPosterior, log_normal
 
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -197,7 +198,7 @@ def test_mopoe_unimodal_subsets_are_the_experts():
 
 
 def test_intersect_versus_contain():
-    """avail = {0, 2} of 3: intersect (PoE joint) fuses {0, 2}; contain (MoPoE) keeps exactly the 3 subsets of {0, 2}."""
+    """avail = {0, 2} of 3: intersect (PoE joint) fuses {0, 2}; contain (MoPoE) keeps exactly the subsets of {0, 2}."""
     experts = random_experts(3, B=1, D=2, seed=4)
     experts.avail[:] = torch.tensor([[True, False, True]])
     joint = PoE(prior_expert=False)(experts)

@@ -5,6 +5,7 @@ Seeds: every random input comes from a torch.Generator or torch.manual_seed with
 use 4 standard errors (two-sided false-alarm rate ~6e-5 per comparison for a Gaussian mean).
 """
 import math
+import pickle
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from pyro.distributions import MixtureOfDiagNormals
 
 from mmvae import Modality, MultimodalVAE
 from mmvae.aggregators import NoAggregation
-from mmvae.gaussian import Experts, SubsetPosterior, kl_normal, kl_std_normal
+from mmvae.gaussian import Experts, SubsetPosterior, kl_normal, kl_std_normal, log_normal
 from mmvae.models import modality_embeddings
 from mmvae.networks import MLPDecoder, MLPEncoder
 from mmvae.objectives import ELBO
@@ -41,7 +42,6 @@ def mc_with_se(prior, post, experts, L):
     """MC estimate of KL(q_k || h) and its standard error, from L single-sample estimates.  # [K, B] each"""
     torch.manual_seed(1)
     z = post.mu + (0.5 * post.logvar).exp() * torch.randn(L, *post.mu.shape, dtype=post.mu.dtype)  # [L, K, B, D]
-    from mmvae.gaussian import log_normal
     terms = log_normal(z, post.mu, post.logvar) - prior._log_h(z, experts, prior.alpha)  # [L, K, B]
     return terms.mean(0), terms.std(0) / math.sqrt(L)
 
@@ -142,8 +142,8 @@ def test_model_mc_path_agrees_with_prior_kl():
         bound = (model.prior.kl_bound(post, enc.experts) * post.valid).sum(0).mean()
         exact = (MMVAMP(kl="mc", n_samples=4000).eval().kl(post, enc.experts) * post.valid).sum(0).mean()
         model.objective = ELBO(kl="mc")
-        runs = torch.stack([model(x, avail).terms["kl/shared"] for _ in range(400)])
-    assert abs(runs.mean() - exact) < 4 * runs.std() / math.sqrt(400) + 0.02 * abs(exact)
+        runs = torch.stack([model(x, avail).terms["kl/shared"] for _ in range(150)])
+    assert abs(runs.mean() - exact) < 4 * runs.std() / math.sqrt(150) + 0.02 * abs(exact)
     assert exact < bound
 
 
@@ -169,6 +169,7 @@ def test_alpha_anneals_linearly_one_step_per_training_forward():
     fresh = mmvm_model(prior=model.prior.config())
     fresh.load_state_dict(model.state_dict())  # the step count is checkpointed
     assert fresh.prior.alpha == pytest.approx(0.2) and int(fresh.prior.steps) == 7
+    assert int(pickle.loads(pickle.dumps(model)).prior.steps) == 7  # a whole model pickles (spawn, torch.save)
 
 
 @pytest.mark.parametrize("detach", [False, True])

@@ -181,14 +181,13 @@ def naive_elbo(vae, x, avail, seed, kl, combine, members_only, stratify):
         ks = torch.multinomial(post.weight.T, 1).T  # [1, B]
     eps = torch.randn(ks.shape[0], B, Ds)
     members = post.members[ks, torch.arange(B)[None]]  # [K', B, M]
-    sub_rows = post.subsets if post.subsets is not None else None
     priv_eps = {}
     for i, name in enumerate(vae.names):
         if not bool(avail[:, i].any()):
             continue
         rows = list(range(ks.shape[0]))
         if members_only and stratify:
-            rows = [k for k in range(K) if bool(sub_rows[k, i])]
+            rows = [k for k in range(K) if bool(post.subsets[k, i])]
         d = vae.private_dims[name]
         if d:
             priv_eps[name] = (rows, torch.randn(1, len(rows), B, d)[0], torch.randn(len(rows), B, d))

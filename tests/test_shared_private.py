@@ -45,7 +45,7 @@ def test_any_aggregator_takes_private_latents_with_a_standard_normal_private_pri
 
 
 SETTINGS = {  # preset -> latent sizes; the no-private MoPoE gets the same total size, 2 + 3 * 2
-    "mmvaeplus": dict(shared_dim=2, private_dim=2, K=4),
+    "mmvaeplus": dict(shared_dim=2, private_dim=2, K=2),
     "dmvae": dict(shared_dim=2, private_dim=2),
     "mopoe": dict(shared_dim=8),
 }

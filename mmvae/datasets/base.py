@@ -42,7 +42,7 @@ class MultimodalDataset:
     per_sample: tuple[str, ...] = ("labels",)
 
     def __init__(self, data: dict[str, Tensor], avail: Tensor | None = None, targets: Targets | None = None, *,
-                 likelihoods: dict[str, str] | None = None, num_classes: int | None = None,
+                 likelihoods: dict[str, str | dict] | None = None, num_classes: int | None = None,
                  labels: Tensor | None = None):
         if not data:
             raise ValueError("MultimodalDataset needs at least one modality")

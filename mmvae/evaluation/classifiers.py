@@ -25,21 +25,23 @@ class Classifier(nn.Module):
     """A small classifier for one modality: a convnet for images [C, H, W], an MLP for vectors, an embedding + MLP
     for integer tokens. `spec` rebuilds it; `meta` holds test accuracy, checksum and training settings."""
 
-    def __init__(self, in_shape, num_classes: int, kind: str = "auto", vocab: int | None = None, hidden: int = 128):
+    def __init__(self, in_shape, num_classes: int, kind: str = "auto", vocab: int | None = None, hidden: int = 128,
+                 channels=(16, 32)):
         super().__init__()
         in_shape = tuple(int(s) for s in in_shape)
         if kind == "auto":
             kind = "tokens" if vocab else ("conv" if len(in_shape) == 3 else "mlp")
+        c1, c2 = channels
         self.spec = {"in_shape": list(in_shape), "num_classes": int(num_classes), "kind": kind, "vocab": vocab,
-                     "hidden": hidden}
+                     "hidden": hidden, "channels": [c1, c2]}
         self.meta: dict = {}
         if kind == "conv":
             C = in_shape[0]
             self.net = nn.Sequential(
-                nn.Conv2d(C, 16, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(C, c1, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(c1, c2, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
                 nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(0.25),
-                nn.Linear(32 * 16, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+                nn.Linear(c2 * 16, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
         elif kind == "mlp":
             self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), hidden), nn.ReLU(),
                                      nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))

@@ -39,8 +39,9 @@ def conditional_coherence(model, dataset, classifiers: dict, batch_size: int | N
     """Coherence of x_m ~ p(x_m | x_S) for every subset S (|S| = 1..M-1) and every m not in S.
 
     batch_size bounds the rows (tuples x subsets x samples) of one impute call; a test set of N tuples needs one call
-    per subset size when C(M, s) * N * n_samples <= batch_size. Returns {"matrix": {"m0+m2->m1": acc},
-    "per_size": {"1": mean, ...}, "mean" (over all cells), "n_tuples", "n_samples"}.
+    per subset size when C(M, s) * N * n_samples <= batch_size. Tuples count for the subsets they observe. Returns
+    {"matrix": {"m0+m2->m1": acc}, "per_size": {"1": mean, ...}, "mean" (over all cells), "counts": {"m0+m2->m1":
+    tuples scored}, "n_tuples", "n_samples"}.
     """
     names = list(model.names)
     data = as_eval_data(dataset, names)
@@ -53,7 +54,7 @@ def conditional_coherence(model, dataset, classifiers: dict, batch_size: int | N
     keep = data.labels >= 0
     if not bool(keep.all()):
         data = data.take(keep.nonzero().squeeze(1))
-    matrix = {}
+    matrix, n_cell = {}, {}
     for size, subsets in subsets_by_size(M, range(1, M)).items():
         rows, sub = subset_rows(data.avail, subsets)  # [R], [R]
         sums = torch.zeros(len(subsets), M)
@@ -75,8 +76,9 @@ def conditional_coherence(model, dataset, classifiers: dict, batch_size: int | N
                 sums[:, j].index_add_(0, k[target], hit)
                 counts[:, j].index_add_(0, k[target], torch.ones(len(hit)))
         matrix.update(_cell_means(sums, counts, subsets, names))
+        n_cell.update({key: int(v) for key, v in _cell_means(counts, torch.ones_like(counts), subsets, names).items()})
     out = summarise(matrix)
-    out.update(n_tuples=len(data), n_samples=n_samples)
+    out.update(n_tuples=len(data), n_samples=n_samples, counts=n_cell)
     return out
 
 

@@ -1,11 +1,13 @@
 """Imputation quality: how close x_m imputed from x_S is to the real x_m, how unsure the model is, and an
 importance-sampled estimate of the conditional log-likelihood log p(x_m | x_S).
 
-Estimator: with (z_k, w_k) drawn from q(z | x_S) q(w_S | x_S) r(w_m), and importance weights
-v_k = p(z_k) p(w_S,k) prod_{s in S} p(x_s | z_k, w_s,k) / (q(z_k | x_S) q(w_S,k | x_S)),
-    log p(x_m | x_S) ~= log sum_k v_k p(x_m | z_k, w_m,k) p(w_m,k)/r(w_m,k) - log sum_k v_k,
+Estimator: with z_k ~ q(z | x_S), w_s,k ~ q(w_s | x_s) for s in S, w_m,k ~ p(w_m) = N(0, I), and importance weights
+v_k = p(z_k) prod_{s in S} p(x_s | z_k, w_s,k) p(w_s,k) / q(w_s,k | x_s) / q(z_k | x_S),
+    log p(x_m | x_S) ~= log sum_k v_k p(x_m | z_k, w_m,k) - log sum_k v_k,
 a self-normalised estimate of E_{p(z, w | x_S)}[p(x_m | z, w_m)] = p(x_m | x_S): the ratio of the importance-
 sampled p(x_m, x_S) and p(x_S) on the same K draws; consistent as K grows (for small K it is not a bound).
+p(z) is the model's prior: for a data-dependent prior (MM-VAMP) that is h(z | x_S), so read those numbers as the
+model's own predictive score rather than a likelihood under a fixed generative model.
 """
 from __future__ import annotations
 
@@ -99,40 +101,38 @@ def _mixture_log_q(z: Tensor, post) -> Tensor:
 
 
 @torch.no_grad()
-def importance_terms(model, x: dict[str, Tensor], mask: Tensor, K: int) -> tuple[Tensor, Tensor, Tensor]:
+def importance_terms(model, x: dict[str, Tensor], mask: Tensor, K: int) -> tuple[Tensor, Tensor]:
     """One importance-sampling pass for rows observing `mask` [B, M].
 
-    -> (log v [K, B]: the weights of the module docstring, without any target factor;
-        log p(x_j | z_k, w_j,k) [K, B, M] and log p(w_j,k) / proposal(w_j,k) [K, B, M] for every modality j).
-    Entries of modalities a row does not have are finite but meaningless.
+    -> (log v [K, B]: the weights of the module docstring; log p(x_j | z_k, w_j,k) [K, B, M] for every modality j,
+    with w_j,k from q(w_j | x_j) for members of the row's subset and from p(w_j) otherwise). Entries of modalities a
+    row does not have are finite but meaningless.
     """
     x = {n: torch.nan_to_num(t) if t.is_floating_point() else t for n, t in x.items()}
     post, enc = model.posterior(x, mask)
     z = post.sample_component(K)  # [K, B, Ds]
     log_v = model.prior.log_prob(z, enc.experts) - _mixture_log_q(z, post)  # [K, B]
-    lls, ratios = [], []
+    lls, ratios = [], []  # [K, B] per modality
     for j, name in enumerate(model.names):
         member = mask[:, j]  # [B]
         d = model.private_dims[name]
         w, log_ratio = None, torch.zeros_like(log_v)
-        if d > 0:
-            r_lv = model.private_prior_logvar[name].expand(K, mask.shape[0], d)
-            w_prior = torch.randn_like(r_lv) * (0.5 * r_lv).exp()
+        if d > 0:  # members: w ~ q(w | x_j) with weight p(w) / q(w); others: w ~ p(w) = N(0, I), weight 1
+            w_prior = torch.randn(K, mask.shape[0], d, device=z.device)
             if name in enc.private:
                 mu, lv = enc.private[name]
                 w_post = mu + (0.5 * lv).exp() * torch.randn_like(w_prior)
                 w = torch.where(member[None, :, None], w_post, w_prior)
-                log_prop = torch.where(member, log_normal(w, mu, lv), log_normal(w, 0 * w, r_lv))
+                log_ratio = torch.where(member, log_normal(w, 0 * w, 0 * w) - log_normal(w, mu, lv), 0.0)
             else:
-                w, log_prop = w_prior, log_normal(w_prior, 0 * w_prior, r_lv)
-            log_ratio = log_normal(w, 0 * w, 0 * w) - log_prop
+                w = w_prior
         params = model.decode(name, z, w)  # [K, B, *out]
         ll = model.modalities[name].likelihood.log_prob(params, x[name])  # [K, B]
         lls.append(ll)
         ratios.append(log_ratio)
     ll, ratio = torch.stack(lls, -1), torch.stack(ratios, -1)  # [K, B, M]
     log_v = log_v + torch.where(mask[None], ll + ratio, 0.0).sum(-1)
-    return log_v, ll, ratio
+    return log_v, ll
 
 
 @torch.no_grad()
@@ -154,9 +154,9 @@ def conditional_loglik(model, dataset, K: int = 100, batch_size: int | None = 20
             r, k = rows[c], sub[c]
             x = gather_rows(data.data, r, dev)
             mask = subsets[k].to(dev)
-            log_v, ll, ratio = importance_terms(model, x, mask, K)  # [K, B], [K, B, M], [K, B, M]
+            log_v, ll = importance_terms(model, x, mask, K)  # [K, B], [K, B, M]
             log_norm = torch.logsumexp(log_v, 0)  # [B]
-            cond = torch.logsumexp(log_v[..., None] + ll + ratio, 0) - log_norm[..., None]  # [B, M]
+            cond = torch.logsumexp(log_v[..., None] + ll, 0) - log_norm[..., None]  # [B, M]
             nll = -ll.mean(0)  # [B, M]
             use = (~subsets[k]) & data.avail[r]  # [B, M]: m not in S, and its real value known
             sums[0].index_add_(0, k, torch.where(use, cond.double().cpu(), 0.0))

@@ -111,23 +111,28 @@ def latent_map(model, dataset, path, n: int = 1000, seed: int = 0) -> Path:
     rows = torch.arange(N).repeat(M + 1)
     z = model.embed(gather_rows(data.data, rows, dev), avail=subsets.repeat_interleave(N, 0).to(dev))["shared"]
     z = z.float().cpu().view(M + 1, N, -1)
-    if data.labels is not None:
-        colour, cmap, clabel = data.labels.numpy(), "tab10", "label"
-    elif data.factors:
+    labels = data.labels.numpy() if data.labels is not None else None
+    colour, clabel = None, ""
+    if labels is None and data.factors:
         key = "shared" if "shared" in data.factors else next(iter(data.factors))
-        colour, cmap, clabel = data.factors[key][:, 0].numpy(), "viridis", f"factor {key}[0]"
-    else:
-        colour, cmap, clabel = None, None, ""
-    fig = Figure(figsize=(3.0 * (M + 1), 3.2))
+        colour, clabel = data.factors[key][:, 0].numpy(), f"factor {key}[0]"
+    fig = Figure(figsize=(3.0 * (M + 1) + 1.0, 3.4), layout="constrained")
     axes = fig.subplots(1, M + 1, squeeze=False)[0]
     titles = ["joint"] + [f"q(z | {m})" for m in names]
     for i, ax in enumerate(axes):
         p = _pca2(z[i], z[0]).numpy()
-        sc = ax.scatter(p[:, 0], p[:, 1], c=colour, cmap=cmap, s=4, alpha=0.8)
+        if labels is not None:  # one colour per class, with a legend
+            for c in np.unique(labels):
+                sel = labels == c
+                ax.scatter(p[sel, 0], p[sel, 1], s=4, alpha=0.8, color=f"C{int(c) % 10}", label=str(int(c)))
+        else:
+            sc = ax.scatter(p[:, 0], p[:, 1], c=colour, cmap="viridis", s=4, alpha=0.8)
         ax.set_title(titles[i], fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    if colour is not None:
+    if labels is not None:
+        axes[-1].legend(title="label", fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    elif colour is not None:
         fig.colorbar(sc, ax=list(axes), label=clabel, shrink=0.8)
     fig.suptitle("shared latent, 2-D PCA (axes of the joint posterior)", fontsize=9)
     return _save(fig, path)
@@ -138,6 +143,7 @@ def coherence_plot(curves: dict[str, dict], path, title: str = "conditional cohe
     """Coherence against the number of conditioning modalities: curves = {run label: {"1": value, "2": ...}}."""
     fig = Figure(figsize=(5, 3.5))
     ax = fig.subplots()
+    ax.set_xticks(sorted({int(s) for per_size in curves.values() for s in per_size}))
     for label, per_size in curves.items():
         sizes = sorted(per_size, key=int)
         ax.plot([int(s) for s in sizes], [per_size[s] for s in sizes], marker="o", label=label)

@@ -15,7 +15,7 @@ from .subset_batches import (as_eval_data, gather_rows, model_device, row_chunks
 
 
 def fit_logistic(x: Tensor, y: Tensor, num_classes: int | None = None, C: float = 1.0, max_iter: int = 500,
-                 tol: float = 1e-6, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 tol: float = 1e-4, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Weights W [P, D, K] and intercepts b [P, K] of P independent problems, each minimising
     C * sum_i CE(W x_i + b, y_i) + ||W||^2 / 2 (scaled by 1/(C n_p) inside, which keeps its optimum).
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
 from .classifiers import check_accuracy, classifiers_match, load_classifiers, save_classifiers, train_classifiers
 from .coherence import conditional_coherence, joint_coherence
 from .disentanglement import latent_disentanglement
@@ -27,11 +27,11 @@ CLASSIFIER_DIR = "classifiers"
 #: evaluation settings, full and quick (`mmvae demo`)
 SETTINGS = {
     False: {"classifier_epochs": 10, "min_accuracy": 0.8, "coherence_samples": 1, "joint_samples": 1000,
-            "probe_n_train": 10_000, "imputation_samples": 10, "loglik_K": 100, "batch_rows": 20_000,
-            "plot_tuples": 4, "map_points": 1000},
+            "probe_n_train": 10_000, "imputation_samples": 10, "imputation_n_tuples": 1000, "loglik_K": 50,
+            "batch_rows": None, "plot_tuples": 4, "map_points": 1000},
     True: {"classifier_epochs": 5, "min_accuracy": 0.8, "coherence_samples": 1, "joint_samples": 500,
-           "probe_n_train": 2000, "imputation_samples": 5, "loglik_K": 20, "batch_rows": 20_000,
-           "plot_tuples": 4, "map_points": 500},
+           "probe_n_train": 2000, "imputation_samples": 5, "imputation_n_tuples": 200, "loglik_K": 10,
+           "batch_rows": None, "plot_tuples": 4, "map_points": 500},
 }
 
 
@@ -77,7 +77,10 @@ def get_classifiers(run_dir, train, test, device, epochs: int, seed: int) -> tup
     """Cached classifiers from run_dir/classifiers when they were trained on exactly this data, else new ones
     (trained, then saved there). -> (classifiers, reused)"""
     folder = Path(run_dir) / CLASSIFIER_DIR
-    cached = load_classifiers(folder, map_location=device)
+    try:
+        cached = load_classifiers(folder, map_location=device)
+    except CheckpointError:  # written by another version of the classifiers: retrain and overwrite
+        cached = None
     if classifiers_match(cached, train):
         return cached, True
     clfs = train_classifiers(train, test, epochs=epochs, device=device, seed=seed)
@@ -116,6 +119,8 @@ def evaluate_run(run_dir, metrics=METRICS, out=None, device: str = "auto", seed:
     train_set, test_set = get_dataset(name, "train", **ds_kw), get_dataset(name, "test", **ds_kw)
     train = as_eval_data(train_set, names)
     test = as_eval_data(test_set, names, n=n_test, seed=seed)
+    if cfg["batch_rows"] is None:  # rows (tuples x subsets, x samples where drawn) per model call
+        cfg["batch_rows"] = 200_000 if dev.type == "cuda" else 20_000
     rows = cfg["batch_rows"]
     result: dict = {
         "run": str(run_dir), "preset": config.get("preset"),
@@ -167,11 +172,12 @@ def evaluate_run(run_dir, metrics=METRICS, out=None, device: str = "auto", seed:
             result["latent"] = timed("latent", lambda: latent_classification(
                 model, train, test, n_train=cfg["probe_n_train"], seed=seed, batch_size=rows))
     if "imputation" in metrics:
-        imp = timed("imputation", lambda: imputation_error(model, test, n_samples=cfg["imputation_samples"],
+        sub = as_eval_data(test, names, n=cfg["imputation_n_tuples"], seed=seed)
+        imp = timed("imputation", lambda: imputation_error(model, sub, n_samples=cfg["imputation_samples"],
                                                             batch_size=rows))
         if hasattr(model, "posterior") and hasattr(model, "prior"):
             imp["conditional_loglik"] = timed("conditional_loglik", lambda: conditional_loglik(
-                model, test, K=cfg["loglik_K"], batch_size=rows))
+                model, sub, K=cfg["loglik_K"], batch_size=rows))
         result["imputation"] = imp
     if "disentanglement" in metrics:
         if test.factors is None:
@@ -256,7 +262,8 @@ def render_report(result: dict, history: list[dict] | None = None) -> str:
             md.append(_table(["subset size"] + list(coh["per_size"]), [["coherence"] + list(coh["per_size"].values())]))
             if "coherence" in plots:
                 md.append(f"![coherence versus number of conditioning modalities]({plots['coherence']})\n")
-            md.append("<details><summary>Coherence per (S, m)</summary>\n\n" + _matrix(coh["matrix"]) + "\n</details>\n")
+            md.append("<details><summary>Coherence per (S, m)</summary>\n\n" + _matrix(coh["matrix"])
+                      + "\n</details>\n")
 
     if "generation_grid" in plots:
         md.append("## Cross-generation\n")
@@ -285,10 +292,12 @@ def render_report(result: dict, history: list[dict] | None = None) -> str:
     if imp is not None:
         md.append("## Imputation\n")
         metric = ", ".join(sorted(set(imp.get("error_metric", {}).values()))) or "error"
-        md.append(f"Error of x_m imputed from x_S ({metric}), averaged over {imp['n_samples']} samples; spread = "
-                  f"per-dimension standard deviation across those samples (the model's own uncertainty).\n")
+        md.append(f"Error of x_m imputed from x_S ({metric}) on {imp['n_tuples']} test tuples, averaged over "
+                  f"{imp['n_samples']} samples; spread = per-dimension standard deviation across those samples (the "
+                  f"model's own uncertainty).\n")
         ll = imp.get("conditional_loglik")
-        header = ["subset size", "error", "spread"] + (["log p(x_m given x_S) / dim", "expected NLL / dim"] if ll else [])
+        header = ["subset size", "error", "spread"]
+        header += ["log p(x_m given x_S) / dim", "expected NLL / dim"] if ll else []
         rows = [[k, imp["error_per_size"][k], imp["spread_per_size"].get(k)]
                 + ([ll["loglik_per_dim_per_size"].get(k), ll["nll_per_dim_per_size"].get(k)] if ll else [])
                 for k in imp["error_per_size"]]
@@ -322,8 +331,8 @@ def compare_runs(run_dirs, out, evaluate_missing: bool = True, **evaluate_kw) ->
     per run). Uses each run's metrics.json, evaluating runs that have none when evaluate_missing."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for rd in map(Path, run_dirs):
+    runs, run_dirs = [], [Path(rd) for rd in run_dirs]
+    for rd in run_dirs:
         path = rd / "metrics.json"
         if path.exists():
             runs.append(json.loads(path.read_text()))
@@ -331,9 +340,9 @@ def compare_runs(run_dirs, out, evaluate_missing: bool = True, **evaluate_kw) ->
             runs.append(evaluate_run(rd, **evaluate_kw))
         else:
             raise InputError(f"{rd} has no metrics.json; run `mmvae evaluate {rd}` first")
-    labels = [Path(r["run"]).name for r in runs]
+    labels = [rd.name for rd in run_dirs]
     if len(set(labels)) < len(labels):
-        labels = [r["run"] for r in runs]
+        labels = [str(rd) for rd in run_dirs]
     rows, curves, sizes = [], {}, []
     for label, r in zip(labels, runs):
         coh, lat, imp = r.get("coherence") or {}, r.get("latent") or {}, r.get("imputation") or {}

@@ -23,9 +23,10 @@ def mvae(modalities, shared_dim: int = 16, **overrides) -> MultimodalVAE:
                  overrides)
 
 
-def mmvae(modalities, shared_dim: int = 16, K: int = 10, estimator: str = "dreg", **overrides) -> MultimodalVAE:
+def mmvae(modalities, shared_dim: int = 16, K: int = 5, estimator: str = "dreg", **overrides) -> MultimodalVAE:
     """MMVAE (Shi, Siddharth, Paige & Torr, NeurIPS 2019). Objective: IWAE bound of the MoE posterior, K samples
-    stratified over the unimodal experts, trained with DReG gradients."""
+    stratified over the unimodal experts, trained with DReG gradients (estimator="iwae" for plain IWAE; a step
+    costs about K times an ELBO step, so K is kept small by default: raise it for a tighter bound)."""
     return _make(modalities, dict(shared_dim=shared_dim, aggregator="moe", objective={"name": estimator, "K": K}),
                  overrides)
 
@@ -43,7 +44,7 @@ def mmvm(modalities, shared_dim: int = 16, **overrides) -> MultimodalVAE:
                  overrides)
 
 
-def mmvaeplus(modalities, shared_dim: int = 16, private_dim: int = 8, K: int = 10, estimator: str = "dreg",
+def mmvaeplus(modalities, shared_dim: int = 16, private_dim: int = 8, K: int = 5, estimator: str = "dreg",
               **overrides) -> MultimodalVAE:
     """MMVAE+ (Palumbo, Daunhawer & Vogt, ICLR 2023). Objective: stratified IWAE/DReG of the MoE shared latent, with
     private w_m from q(w_m | x_m) for self-reconstruction and from a learned-scale prior r(w_m) across modalities."""
@@ -62,8 +63,9 @@ def dmvae(modalities, shared_dim: int = 16, private_dim: int = 8, **overrides) -
 
 
 def independent(modalities, shared_dim: int = 16, **overrides) -> MultimodalVAE:
-    """Independent VAEs (the no-sharing baseline of the MMVM paper). Objective: sum_m ELBO of q(z_m | x_m) with a
-    N(0, I) prior; imputation decodes from the mixture of the observed posteriors."""
+    """Independent VAEs (Kingma & Welling 2014), the no-sharing baseline of the MMVM paper (Sutter et al. 2024).
+    Objective: sum_m ELBO of q(z_m | x_m) with a N(0, I) prior; imputation decodes from the mixture of the observed
+    posteriors."""
     return _make(modalities, dict(shared_dim=shared_dim, aggregator="none"), overrides)
 
 

@@ -72,6 +72,9 @@ class MMVAMP(nn.Module):
             self._last = weakref.ref(experts)
         return alpha
 
+    def __getstate__(self):  # pickling (torch.save of a whole model, spawn): the weak reference does not travel
+        return {**self.__dict__, "_last": None}
+
     # ------------------------------------------------------------ the mixture
     def _components(self, experts: Experts) -> tuple[Tensor, Tensor, Tensor]:
         """mu, logvar [M, B, D] of the mixture's components, and log 1/M' where observed, -inf elsewhere [M, B]."""
@@ -102,7 +105,7 @@ class MMVAMP(nn.Module):
 
     # ------------------------------------------------------------ KL(q_k || h)
     def kl(self, post: SubsetPosterior, experts: Experts) -> Tensor:
-        """KL(q_k || h) per subset and sample, by the Jensen bound or by Monte Carlo; 0 for invalid subsets.  # [K, B]"""
+        """KL(q_k || h) per subset and sample, by the Jensen bound or by Monte Carlo; 0 where invalid.  # [K, B]"""
         alpha = self._advance(experts)
         if self.estimator == "bound":
             kl = self.kl_bound(post, experts, alpha)
