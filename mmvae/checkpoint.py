@@ -152,7 +152,8 @@ def config_differences(saved: dict | None, current: dict | None, limit: int = 12
         return []
     a, b = _flatten(saved), _flatten(current)
     missing = object()
-    lines = [f"{k}: checkpoint {a.get(k, missing)!r}, model {b.get(k, missing)!r}".replace(repr(missing), "absent")
+    show = lambda v: "absent" if v is missing else repr(v)  # noqa: E731
+    lines = [f"{k}: checkpoint {show(a.get(k, missing))}, model {show(b.get(k, missing))}"
              for k in sorted(set(a) | set(b), key=str) if a.get(k, missing) != b.get(k, missing)]
     return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
 

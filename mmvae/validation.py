@@ -75,23 +75,30 @@ def check_inputs(modalities, names: list[str], x, avail=None) -> tuple[dict[str,
                 raise InputError(f"availability mask must hold booleans or 0/1, got dtype {avail.dtype} with values "
                                  f"like {odd[:5].tolist()}")
             avail = avail.bool()
-    empty = (~avail.any(1)).nonzero().flatten()
-    if len(empty):
+    counts = torch.cat([avail.sum(0), (~avail.any(1)).sum()[None]]).tolist()  # one host sync: [M] + [#empty]
+    if counts[-1]:
+        empty = (~avail.any(1)).nonzero().flatten()
         raise InputError(f"sample(s) {empty[:10].tolist()} have no observed modality; each sample needs at least one")
-    clean = {}
+    clean, finite = {}, {}
     for i, name in enumerate(names):
         if name not in x:
-            if bool(avail[:, i].any()):
+            if counts[i]:
                 raise InputError(f"modality {name!r} is marked observed in the availability mask but is missing "
                                  f"from the inputs")
             continue
         t, rows = x[name], avail[:, i]
-        fill = torch.zeros((), dtype=t.dtype, device=t.device)
-        t = torch.where(rows.view(B, *[1] * (t.dim() - 1)), t, fill)  # missing entries are never read
-        if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
-            bad = (~torch.isfinite(_rows(t)).all(1)).nonzero().flatten()[:10].tolist()
-            raise InputError(f"modality {name!r}: NaN or Inf in observed sample(s) {bad}")
-        if bool(rows.any()):
-            modalities[name].likelihood.check(t[rows], name)
+        if counts[i] < B:  # missing entries are never read: zero them
+            t = torch.where(rows.view(B, *[1] * (t.dim() - 1)), t, torch.zeros((), dtype=t.dtype, device=t.device))
+        if torch.is_floating_point(t):
+            finite[name] = torch.isfinite(t).all()
         clean[name] = t
+    if finite:
+        for name, ok in zip(finite, torch.stack(list(finite.values())).tolist()):  # one host sync
+            if not ok:
+                bad = (~torch.isfinite(_rows(clean[name])).all(1)).nonzero().flatten()[:10].tolist()
+                raise InputError(f"modality {name!r}: NaN or Inf in observed sample(s) {bad}")
+    for i, name in enumerate(names):
+        if name in clean and counts[i]:
+            t = clean[name]
+            modalities[name].likelihood.check(t if counts[i] == B else t[avail[:, i]], name)
     return clean, avail

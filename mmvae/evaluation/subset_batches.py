@@ -68,6 +68,11 @@ def as_eval_data(dataset, names: list[str] | None = None, n: int | None = None, 
                        None if labels is None else labels.long(), factors, num_classes)
     if names is not None and list(names) != out.names:
         raise InputError(f"evaluation data has modalities {out.names}, the model {list(names)}")
+    rows = {k: v.shape[0] for k, v in out.data.items()}
+    if out.avail.dim() != 2 or out.avail.shape[1] != len(out.names) or set(rows.values()) - {out.avail.shape[0]}:
+        raise InputError(f"evaluation data: the availability mask must be [N, M] with M = {len(out.names)} "
+                         f"(modalities {out.names}) and N the rows of every modality {rows}; got "
+                         f"{list(out.avail.shape)}")
     if n is not None and n < len(out):
         g = torch.Generator().manual_seed(seed)
         out = out.take(torch.randperm(len(out), generator=g)[:n].sort().values)

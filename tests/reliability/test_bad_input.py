@@ -217,7 +217,7 @@ def _dataset(x, avail=None, labels=None):
 
 def test_evaluators_reject_bad_data():
     """The evaluators call the model's verbs, so bad data stops at the same checks with the same messages."""
-    from mmvae.evaluation import imputation_error, latent_classification, latent_disentanglement
+    from mmvae.evaluation import EvalData, imputation_error, latent_classification, latent_disentanglement
 
     model = mixed_model()
     good = mixed_batch(8)
@@ -232,6 +232,9 @@ def test_evaluators_reject_bad_data():
         count("bad_input_cases")
         _expect(lambda: imputation_error(model, data, n_samples=2), fragments)
         _expect(lambda: latent_classification(model, data, data), fragments)
+    count("bad_input_cases")
+    bad_mask = EvalData(good, torch.ones(8, 2, dtype=torch.bool), ["img", "vec", "tok"])
+    _expect(lambda: imputation_error(model, bad_mask), ["availability mask", "[8, 2]", "img"])
     count("bad_input_cases")
     factors = {"shared": torch.randn(8, 2)}
     bad = MultimodalDataset({**good, "vec": torch.randn(8, 4)}, targets=factors)

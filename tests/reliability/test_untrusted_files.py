@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mmvae
-from mmvae import CheckpointError, InputError, Modality, cli
+from mmvae import CheckpointError, Modality, cli
 from mmvae.checkpoint import read_checkpoint, save_checkpoint
 from mmvae.networks import MLPDecoder, MLPEncoder
 from mmvae.trainer import Trainer
