@@ -254,7 +254,8 @@ class Trainer:
         self.model.eval()
         sums = _Sums()
         accel = device.type != "cpu"
-        with torch.random.fork_rng(devices=[device] if accel else [], device_type=device.type if accel else None):
+        fork = {"devices": [device], "device_type": device.type} if accel else {"devices": []}  # CPU: its RNG only
+        with torch.random.fork_rng(**fork):
             torch.manual_seed(self.seed + d.rank)
             for x, avail, _ in data.batches(self.batch_size, shuffle=False, rank=d.rank, world=d.world):
                 x, avail = self._batch_to(x, avail, device)

@@ -108,7 +108,7 @@ def test_polydigits_options():
 def test_toy_shapes_targets_and_labels(toy):
     assert len(toy) == 4000 and len(SharedPrivateToy("test", n=None)) == 1000
     assert toy.modalities == ["m0", "m1", "m2"] and toy.shapes == {f"m{m}": (20,) for m in range(3)}
-    assert all(lik == {"name": "gaussian", "learn_scale": True} for lik in toy.likelihoods.values())
+    assert all(lik == {"name": "gaussian", "scale": 0.1} for lik in toy.likelihoods.values())
     assert toy.targets["shared"].shape == (4000, 2) and toy.targets["m1"].shape == (4000, 2)
     assert toy.num_classes == 4 and torch.equal(toy.labels, quadrant(toy.targets["shared"]))
     assert torch.bincount(toy.labels, minlength=4).min() > 800  # quadrants of N(0, I) are equally likely
