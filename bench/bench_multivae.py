@@ -19,7 +19,6 @@ import ctypes
 import gc
 import importlib.metadata
 import json
-import math
 import platform
 import re
 import statistics

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .registry import from_spec
 from .gaussian import Experts, SubsetPosterior
 
 
@@ -173,12 +174,4 @@ AGGREGATORS = {c.name: c for c in (PoE, MoE, MoPoE, AVG, NoAggregation)}
 
 def make_aggregator(spec: str | dict | Aggregator) -> Aggregator:
     """An aggregator from an instance, a name ("mopoe") or a config dict."""
-    if isinstance(spec, Aggregator):
-        return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    spec = dict(spec)
-    name = spec.pop("name")
-    if name not in AGGREGATORS:
-        raise InputError(f"unknown aggregator {name!r}; choose one of {sorted(AGGREGATORS)}")
-    return AGGREGATORS[name](**spec)
+    return from_spec(spec, AGGREGATORS, "aggregator")

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InputError
+from .registry import from_spec
 
 
 class Likelihood(nn.Module):
@@ -153,12 +154,4 @@ LIKELIHOODS = {c.name: c for c in (Gaussian, Laplace, Bernoulli, ContinuousBerno
 
 def make_likelihood(spec: str | dict | Likelihood) -> Likelihood:
     """A likelihood from an instance, a name ("laplace") or a config dict ({"name": "gaussian", "scale": 0.1})."""
-    if isinstance(spec, Likelihood):
-        return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    spec = dict(spec)
-    name = spec.pop("name")
-    if name not in LIKELIHOODS:
-        raise InputError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")
-    return LIKELIHOODS[name](**spec)
+    return from_spec(spec, LIKELIHOODS, "likelihood")

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .registry import from_spec
 from .gaussian import SubsetPosterior, kl_std_normal, log_normal, rsample
 
 
@@ -156,14 +157,5 @@ OBJECTIVES: dict[str, type] = {"elbo": ELBO, "iwae": IWAE, "dreg": DReG}
 
 
 def make_objective(spec) -> Objective:
-    """An objective from an instance, a name ("elbo", "iwae", "dreg") or a config dict."""
-    if spec is None:
-        return ELBO()
-    if isinstance(spec, Objective):
-        return spec
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = spec.pop("name")
-    if name not in OBJECTIVES:
-        raise InputError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](**spec)
-
+    """An objective from an instance, a name ("elbo", "iwae", "dreg") or a config dict; None is the ELBO."""
+    return ELBO() if spec is None else from_spec(spec, OBJECTIVES, "objective")
