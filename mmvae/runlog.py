@@ -1,4 +1,5 @@
-"""The run folder's text files: `config.json`, `metrics.jsonl`, `metrics.csv` and `train.log`.
+"""The run folder's text files: `config.json`, `metrics.jsonl`, `metrics.csv` and `train.log` (and TensorBoard
+event files under `tensorboard/` when the `tensorboard` package is installed).
 
 Metrics files are rewritten from the whole history each epoch (a few lines), so after a resume they match the
 checkpoint's history instead of holding epochs that the resumed run repeats.
@@ -31,9 +32,16 @@ def _json_safe(value):
 class RunLog:
     """Writes one run folder. Only the process that owns the folder (rank 0) should hold one."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, tensorboard: bool = True):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.tb = None
+        if tensorboard:
+            try:  # optional: used only when the tensorboard package is installed
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                SummaryWriter = None
+            self.tb = SummaryWriter(str(self.folder / "tensorboard")) if SummaryWriter else None
 
     def path(self, name: str) -> Path:
         """A file inside the run folder."""
@@ -53,6 +61,12 @@ class RunLog:
         writer.writeheader()
         writer.writerows(rows)
         _write_text(self.path("metrics.csv"), buf.getvalue())
+        if self.tb is not None and history:
+            last = history[-1]
+            for k, v in last.items():
+                if k != "epoch" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, last["epoch"])
+            self.tb.flush()
 
     def note(self, message: str) -> None:
         """Append a time-stamped line to `train.log` (warnings, interruptions, resumes)."""

@@ -327,3 +327,26 @@ def test_ddp_two_processes_agree(tmp_path):
     history = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2] and history[1]["val/loss"] < history[0]["val/loss"]
     assert len(read_checkpoint(tmp_path / "run")["rng"]["torch"]) == 2
+
+
+def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):
+    """With a (stand-in) torch.utils.tensorboard importable, every epoch's numbers go to its SummaryWriter."""
+    import types
+
+    seen = []
+
+    class Writer:
+        def __init__(self, logdir):
+            seen.append(("dir", logdir))
+
+        def add_scalar(self, tag, value, step):
+            seen.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    t = fit(fresh(), 2, out=tmp_path)
+    assert seen[0] == ("dir", str(tmp_path / "tensorboard"))
+    logged = {(tag, step): v for tag, v, step in (s for s in seen[1:])}
+    assert logged[("val/loss", 2)] == t.history[1]["val/loss"] and ("train/loss", 1) in logged
