@@ -178,7 +178,19 @@ def demo(args) -> int:
     code = train(ns)
     if code:
         return code
+    import numpy as np
+
+    from .datasets import get_dataset
     from .evaluation import evaluate_run
+    from .impute_file import impute_npz
+
+    test = get_dataset("polydigits", "test", seed=args.seed)
+    arrays = {n: t[:16].numpy().copy() for n, t in test.data.items()}
+    for n in test.modalities[1:]:
+        arrays[n][:] = np.nan  # only m0 is observed: impute the rest, as `mmvae impute` does for user files
+    np.savez(args.out / "demo_input.npz", **arrays)
+    report = impute_npz(args.out, args.out / "demo_input.npz", args.out / "demo_imputed.npz")
+    print(f"imputed {report['targets']} for 16 test tuples from m0 alone: {args.out / 'demo_imputed.npz'}")
 
     result = evaluate_run(args.out, device=args.device, quick=True)
     print(f"report: {args.out / 'report.md'}  (total {time.time() - start:.0f} s)")

@@ -71,3 +71,18 @@ def test_readme_example_runs_as_pasted(tmp_path):
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "'m1': (8, 3, 16, 16)" in out.stdout and "'m2': (8, 3, 16, 16)" in out.stdout
+
+
+def test_demo_command_trains_imputes_and_reports(tmp_path):
+    """README command 1's job in miniature (one epoch): a run folder, imputed file, metrics and report."""
+    import numpy as np
+
+    from mmvae import cli
+
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--epochs", "1", "--device", "cpu", "--quiet"]) == 0
+    filled = np.load(out / "demo_imputed.npz")
+    assert sorted(filled.files) == ["m0", "m1", "m2", "m3", "m4"]
+    assert all(np.isfinite(filled[k]).all() for k in filled.files)
+    report = (out / "report.md").read_text()
+    assert "Coherence" in report and (out / "metrics.json").exists() and (out / "last.pt").exists()
