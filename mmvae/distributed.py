@@ -56,6 +56,7 @@ def setup(device: str | torch.device) -> tuple[Dist, torch.device]:
 def teardown(d: Dist) -> None:
     """Leave the process group if `setup` opened it."""
     if d.owns_group and dist.is_initialized():
+        dist.barrier()  # no rank tears the group down while another still talks to it (gloo aborts otherwise)
         dist.destroy_process_group()
 
 
