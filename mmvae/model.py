@@ -25,7 +25,7 @@ class Encoded:
 
     experts: Experts  # mu, logvar [M, B, Ds]; avail [B, M]
     private: dict[str, tuple[Tensor, Tensor]]  # name -> (mu, logvar) [B, Dm]; zeros where x_m is missing
-    observed: list[bool] | None = None  # per modality: observed in any sample of the batch
+    observed: list[bool]  # per modality: observed in any sample of the batch (host-side, for skipping work)
 
 
 class MultimodalVAE(nn.Module):

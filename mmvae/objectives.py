@@ -45,11 +45,10 @@ def log_likelihoods(model, enc, x: dict[str, Tensor], z: Tensor, post: SubsetPos
     """
     S, K, B, _ = z.shape
     avail = enc.experts.avail  # [B, M]
-    observed = enc.observed if enc.observed is not None else avail.any(0).tolist()
     subsets = model.aggregator.mask(len(model.names)) if members_only and post.subsets is not None else None
     out = z.new_zeros(S, K, B, len(model.names))
     for i, name in enumerate(model.names):
-        if name not in x or not observed[i]:
+        if name not in x or not enc.observed[i]:
             continue
         if subsets is None:  # every subset decodes m: no gather
             rows, zr, in_subset = torch.arange(K, device=z.device), z, post.members[:, :, i]

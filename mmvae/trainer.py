@@ -132,6 +132,11 @@ class Trainer:
     def model_device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def _run_settings(self, d: D.Dist) -> dict:
+        """The settings a checkpoint records: exact resume needs the same world size and (on CPU, where sums are
+        split by thread) thread count."""
+        return {**self.settings(), "world": d.world, "threads": torch.get_num_threads()}
+
     def _restore(self, state: dict, d: D.Dist) -> None:
         try:
             self.model.load_state_dict(state["model"])
@@ -153,7 +158,7 @@ class Trainer:
         self.partial = _Sums(json.loads(state.get("epoch_sums", "{}")))
         self.partial_time = float(state.get("epoch_time", 0.0))
         saved = json.loads(state.get("trainer", "{}"))
-        now = {**self.settings(), "world": d.world, "threads": torch.get_num_threads()}  # CPU sums split by thread
+        now = self._run_settings(d)
         keys = ("batch_size", "seed", "drop_last", "world") + (("threads",) if self.model_device.type == "cpu" else ())
         changed = [k for k in keys if k in saved and saved[k] != now[k]]
         if changed:
@@ -179,8 +184,7 @@ class Trainer:
         if not d.is_main:
             return None
         cfg = self.model.config() if hasattr(self.model, "config") else None
-        trainer = {**self.settings(), "world": d.world, "threads": torch.get_num_threads()}
-        state = {"config": json.dumps(cfg), "trainer": json.dumps(trainer),
+        state = {"config": json.dumps(cfg), "trainer": json.dumps(self._run_settings(d)),
                  "extra": json.dumps(self.extra_config), "history": json.dumps(self.history),
                  "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
@@ -249,7 +253,7 @@ class Trainer:
     def evaluate(self, data, prefix: str = "val/", d: D.Dist | None = None) -> dict[str, float]:
         """Mean loss and terms over `data` (weighted by batch size), in eval mode, under a fixed seed."""
         d = d or D.Dist()
-        device = next(self.model.parameters()).device
+        device = self.model_device
         was_training = self.model.training
         self.model.eval()
         sums = _Sums()

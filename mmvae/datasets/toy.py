@@ -73,7 +73,8 @@ class SharedPrivateToy(MultimodalDataset):
         names = [f"m{m}" for m in range(num_modalities)]
         data = {name: f(torch.cat([s, p[m]], 1)) + noise * eps[m] for m, (name, f) in enumerate(zip(names, self.maps))}
         targets = {"shared": s, **{name: p[m] for m, name in enumerate(names)}}
-        super().__init__(data, targets=targets, likelihoods={name: {"name": "gaussian", "scale": 0.1} for name in names},
+        gaussian = {"name": "gaussian", "scale": 0.1}  # about the noise level: reconstruction outweighs the KL
+        super().__init__(data, targets=targets, likelihoods={name: dict(gaussian) for name in names},
                          labels=quadrant(s), num_classes=2 ** shared_dim)
         self.split, self.seed, self.noise = split, seed, noise
         if drop_rate:
