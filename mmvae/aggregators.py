@@ -40,7 +40,10 @@ class Aggregator:
 
     name = "base"
     restrict = "intersect"
-    stratify = True  # the ELBO decodes every subset (True) or one subset drawn per sample (False)
+    # defaults a subset objective takes unless told otherwise (see objectives.SubsetObjective):
+    combine = "mixture"  # q is the mixture over subsets ("mixture") or each subset scores on its own ("sum")
+    reconstruct = "all"  # every subset decodes every observed modality ("all") or only its members ("members")
+    stratify = True  # decode every subset (True) or one subset drawn per sample (False)
 
     def subsets(self, M: int) -> Tensor:  # [K, M] bool
         raise NotImplementedError
@@ -102,14 +105,16 @@ class PoE(Aggregator):
     def __init__(self, prior_expert: bool = True, subsets: str = "joint"):
         if subsets not in ("joint", "joint+unimodal", "all"):
             raise InputError(f"PoE subsets must be 'joint', 'joint+unimodal' or 'all', got {subsets!r}")
-        self.prior_expert, self.which = prior_expert, subsets
+        self.prior_expert, self.subsets_kind = prior_expert, subsets
         self.restrict = "contain" if subsets == "all" else "intersect"
+        if subsets == "joint+unimodal":  # MVAE's sub-sampled terms: a sum of ELBOs, each over its own members
+            self.combine, self.reconstruct = "sum", "members"
 
     def subsets(self, M):
         joint = torch.ones(1, M, dtype=torch.bool)
-        if self.which == "joint":
+        if self.subsets_kind == "joint":
             return joint
-        if self.which == "joint+unimodal":
+        if self.subsets_kind == "joint+unimodal":
             return torch.cat([joint, torch.eye(M, dtype=torch.bool)]) if M > 1 else joint
         return all_subsets(M)
 
@@ -117,11 +122,12 @@ class PoE(Aggregator):
         return _poe(w, experts, self.prior_expert)
 
     def config(self):
-        return {"name": self.name, "prior_expert": self.prior_expert, "subsets": self.which}
+        return {"name": self.name, "prior_expert": self.prior_expert, "subsets": self.subsets_kind}
 
 
 class MoPoE(PoE):
-    """Mixture over all subsets of the observed modalities of their products of experts (Sutter et al. 2021)."""
+    """Mixture over all subsets of the observed modalities of their products of experts (MoPoE: Sutter, Daunhawer &
+    Vogt, ICLR 2021); the objective draws one subset per sample."""
 
     name = "mopoe"
     stratify = False
@@ -151,6 +157,7 @@ class NoAggregation(MoE):
     """Independent VAEs: each modality keeps its own posterior and reconstructs only itself."""
 
     name = "none"
+    combine, reconstruct = "sum", "members"
 
 
 class AVG(Aggregator):

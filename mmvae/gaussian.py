@@ -31,6 +31,11 @@ def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)
 
 
+def log_std_normal(z: Tensor) -> Tensor:
+    """log N(z; 0, I) = -1/2 sum(log 2 pi + z^2), summed over the last dim."""
+    return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+
+
 def rsample(mu: Tensor, logvar: Tensor, n: int | None = None) -> Tensor:
     """z = mu + e^(logvar/2) * eps; with n, a leading sample dim is added: [n, *mu.shape]."""
     shape = mu.shape if n is None else (n, *mu.shape)
@@ -65,6 +70,17 @@ class SubsetPosterior:
     @property
     def valid(self) -> Tensor:  # [K, B]
         return self.weight > 0
+
+    def log_prob(self, z: Tensor, detach: bool = False) -> Tensor:
+        """log q(z) = logsumexp_k [log w_k + log q_k(z)] under the mixture over valid subsets; detach stops gradients
+        into the components' parameters.  z [..., B, D] -> [..., B]"""
+        mu, lv = (self.mu.detach(), self.logvar.detach()) if detach else (self.mu, self.logvar)
+        log_w = torch.where(self.valid, self.weight.clamp_min(1e-30).log(), -math.inf)  # [K, B]
+        return torch.logsumexp(log_normal(z.unsqueeze(-3), mu, lv) + log_w, dim=-2)
+
+    def component_log_prob(self, z: Tensor) -> Tensor:
+        """log q_k(z_k): each subset's own density at its own samples.  z [..., K, B, D] -> [..., K, B]"""
+        return log_normal(z, self.mu, self.logvar)
 
     def mean(self) -> Tensor:
         """The mixture's mean: sum_k w_k mu_k  # [B, D]."""

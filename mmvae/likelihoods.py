@@ -24,17 +24,15 @@ class Likelihood(nn.Module):
     def dist(self, params: Tensor, event_dims: int) -> pdist.TorchDistribution:
         raise NotImplementedError
 
-    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        """log p(x | params) summed over x's per-sample dims.  params [..., B, *out], x [B, *shape] -> [..., B]"""
-        event_dims = x.dim() - 1
-        return self.dist(params, event_dims).log_prob(x)
+    def log_prob(self, params: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """log p(x | params) summed over x's per-sample dims, 0 where mask [B] is False (Pyro's `.mask`).
+        params [..., B, *out], x [B, *shape] -> [..., B]"""
+        d = self.dist(params, x.dim() - 1)
+        return (d if mask is None else d.mask(mask)).log_prob(x)
 
     def mean(self, params: Tensor) -> Tensor:
         """The decoded point estimate (the distribution's mean, or mode for categorical)."""
         return self.dist(params, 0).mean
-
-    def sample(self, params: Tensor) -> Tensor:
-        return self.dist(params, 0).sample()
 
     def check(self, x: Tensor, modality: str) -> None:
         """Raise InputError if x is not valid data for this likelihood (dtype, range)."""
@@ -110,7 +108,8 @@ class Bernoulli(_UnitInterval):
 
 
 class ContinuousBernoulli(_UnitInterval):
-    """x ~ ContinuousBernoulli(sigmoid(decoder(z))): the normalised version for x in [0, 1] (Loaiza-Ganem 2019)."""
+    """x ~ ContinuousBernoulli(sigmoid(decoder(z))): the normalised version for x in [0, 1] (Loaiza-Ganem &
+    Cunningham, NeurIPS 2019)."""
 
     name = "continuous_bernoulli"
     family = pdist.ContinuousBernoulli
@@ -121,7 +120,7 @@ class ContinuousBernoulli(_UnitInterval):
 
 
 class Categorical(Likelihood):
-    """x ~ Categorical(softmax(decoder(z))): tokens [B, L] (or labels [B]); the decoder gives logits [..., C]."""
+    """x ~ Categorical(softmax(decoder(z))): tokens [B, T] (or labels [B]); the decoder gives logits [..., C]."""
 
     name = "categorical"
     discrete = True

@@ -11,10 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from .aggregators import Aggregator, make_aggregator
+from .devices import module_device
 from .errors import InputError
 from .gaussian import Experts, SubsetPosterior, rsample, soft_clamp_logvar
 from .modality import Modality
-from .objectives import ModelOutput, Objective, make_objective
+from .objectives import ModelOutput, Objective, PrivateDraw, Reconstruction, make_objective
 from .priors import make_prior
 from .validation import check_count, check_inputs
 
@@ -34,11 +35,12 @@ class MultimodalVAE(nn.Module):
     private_dim: an int for every modality or a dict name -> int (0 = no private latent).
     cross_private: where a decoder gets w_m when x_m is not in the conditioning subset: "prior" (MMVAE+: a draw
     from the private prior, with a learned scale when learn_private_prior) or "posterior" (DMVAE: its own
-    encoding of x_m, when observed).
+    encoding of x_m, when observed). beta: a shortcut that sets the objective's KL weight (None keeps the
+    objective's own, 1 by default).
     """
 
     def __init__(self, modalities: dict[str, Modality], shared_dim: int, private_dim: int | dict = 0,
-                 aggregator: str | dict | Aggregator = "mopoe", prior="normal", beta: float = 1.0,
+                 aggregator: str | dict | Aggregator = "mopoe", prior="normal", beta: float | None = None,
                  objective: str | dict | Objective | None = None, cross_private: str = "prior",
                  learn_private_prior: bool = False):
         super().__init__()
@@ -60,7 +62,8 @@ class MultimodalVAE(nn.Module):
         self.aggregator = make_aggregator(aggregator)
         self.prior = make_prior(prior)  # an nn.Module prior registers its parameters here
         self.objective = make_objective(objective)
-        self.beta = float(beta)
+        if beta is not None:
+            self.objective.beta = float(beta)
         self.cross_private, self.learn_private_prior = cross_private, learn_private_prior
         # log-variance of the private prior r(w_m) used for cross-modal decoding (learned in MMVAE+)
         self.private_prior_logvar = nn.ParameterDict({
@@ -70,14 +73,20 @@ class MultimodalVAE(nn.Module):
     # ---------------------------------------------------------------- verbs
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        """Where the weights are."""
+        return module_device(self)
+
+    @property
+    def beta(self) -> float:
+        """The objective's KL weight."""
+        return self.objective.beta
 
     def check(self, x, avail=None) -> tuple[dict[str, Tensor], Tensor]:
         """Validate inputs and move them to the model's device; see `validation.check_inputs`.
         Floating-point data of another precision (float64 from numpy, float16) is cast to the weights' dtype."""
         x, avail = check_inputs(self.modalities, self.names, x, avail)
         param = next(self.parameters())
-        dev, dtype = param.device, param.dtype
+        dev, dtype = param.device, param.dtype  # the weights' device and precision
         return {n: t.to(dev, dtype=dtype) if t.is_floating_point() else t.to(dev) for n, t in x.items()}, avail.to(dev)
 
     def encode(self, x: dict[str, Tensor], avail: Tensor) -> Encoded:
@@ -117,20 +126,56 @@ class MultimodalVAE(nn.Module):
         out = self.modalities[name].decoder(h.reshape(-1, h.shape[-1]))
         return out.reshape(*lead, *out.shape[1:]).float()
 
-    def private_sample(self, name: str, enc: Encoded, use_posterior: Tensor, n: int) -> Tensor | None:
-        """w_m for decoding: from q(w_m | x_m) where use_posterior [K, B], else from the private prior.
-        -> [n, K, B, Dm], or None without a private latent."""
+    def private_sample(self, name: str, enc: Encoded, use_posterior: Tensor, n: int) -> PrivateDraw | None:
+        """w_m for decoding: from q(w_m | x_m) where use_posterior [K, B] (and, under cross_private="posterior",
+        wherever x_m is observed), else from the private prior. -> w [n, K, B, Dm], or None without a private latent.
+        """
         d = self.private_dims[name]
         if d == 0:
             return None
         K, B = use_posterior.shape
+        rows = torch.arange(K, device=use_posterior.device)
         prior = torch.randn(n, K, B, d, device=use_posterior.device) * (0.5 * self.private_prior_logvar[name]).exp()
         if name not in enc.private:
-            return prior
+            return PrivateDraw(rows, torch.zeros_like(use_posterior), prior)
         i = self.names.index(name)
-        use = use_posterior | (enc.experts.avail[:, i] if self.cross_private == "posterior" else False)
+        use = use_posterior | (enc.experts.avail[:, i] if self.cross_private == "posterior" else False)  # [K, B]
         post = rsample(*enc.private[name], n * K).view(n, K, B, d)
-        return torch.where(use[None, ..., None], post, prior)
+        return PrivateDraw(rows, use, torch.where(use[None, ..., None], post, prior))
+
+    def log_likelihoods(self, x: dict[str, Tensor], enc: Encoded, z: Tensor, post: SubsetPosterior,
+                        members_only: bool = False) -> Reconstruction:
+        """lambda_m log p(x_m | z, w_m) for every sample of z and every modality; 0 where x_m is not observed.
+
+        z [L, K, B, Ds] -> log_lik [L, K, B, M]. With members_only, modality m is decoded only from the subsets that
+        contain it (MVAE, independent VAEs), and scores 0 elsewhere. Also returns the private codes decoded.
+        """
+        L, K, B, _ = z.shape
+        avail = enc.experts.avail  # [B, M]
+        subsets = self.aggregator.mask(len(self.names)) if members_only and post.subsets is not None else None
+        out, private = z.new_zeros(L, K, B, len(self.names)), {}
+        for i, name in enumerate(self.names):
+            if name not in x or not enc.observed[i]:
+                continue
+            if subsets is None:  # every subset decodes m: no gather
+                rows, zr, in_subset = None, z, post.members[:, :, i]
+            else:  # only the subsets that contain m (a constant of the aggregator, on the host)
+                rows = subsets[:, i].nonzero().squeeze(1).to(z.device)
+                zr, in_subset = z[:, rows], post.members[rows, :, i]  # [L, K', B, D], [K', B]
+            draw = self.private_sample(name, enc, in_subset, L)  # w [L, K', B, Dm]
+            if draw is not None:
+                draw.rows = draw.rows if rows is None else rows
+                private[name] = draw
+            mod = self.modalities[name]
+            params = self.decode(name, zr, None if draw is None else draw.w)  # [L, K', B, *out]
+            lp = mod.likelihood.log_prob(params, x[name], mask=avail[:, i]) * mod.weight  # [L, K', B]
+            if members_only:
+                lp = torch.where(in_subset, lp, 0.0)
+            if rows is None:
+                out[..., i] = lp
+            else:
+                out[:, rows, :, i] = lp
+        return Reconstruction(out, private)
 
     def forward(self, x: dict[str, Tensor], avail: Tensor | None = None) -> ModelOutput:
         """The training loss of one batch (the negative objective, averaged over samples) and its terms."""
@@ -156,8 +201,8 @@ class MultimodalVAE(nn.Module):
         for name in targets:
             i = self.names.index(name)
             own = enc.experts.avail[:, i][None].expand(n_samples, -1)  # [n, B]: reconstruct from own code
-            w = self.private_sample(name, enc, own, 1)
-            params = self.decode(name, z, None if w is None else w[0])
+            draw = self.private_sample(name, enc, own, 1)
+            params = self.decode(name, z, None if draw is None else draw.w[0])
             mean = self.modalities[name].likelihood.mean(params)
             out[name] = mean if n_samples > 1 else mean[0]
         return out
@@ -186,7 +231,7 @@ class MultimodalVAE(nn.Module):
         return {
             "modalities": {n: m.config() for n, m in self.modalities.items()},
             "shared_dim": self.shared_dim, "private_dim": self.private_dims,
-            "aggregator": self.aggregator.config(), "prior": self.prior.config(), "beta": self.beta,
+            "aggregator": self.aggregator.config(), "prior": self.prior.config(),
             "objective": self.objective.config(), "cross_private": self.cross_private,
             "learn_private_prior": self.learn_private_prior,
         }

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmvae import Modality, MultimodalVAE
-from mmvae.bounds import DReG, IWAE
+from mmvae.objectives import DReG, IWAE
 from mmvae.gaussian import kl_std_normal
 from mmvae.networks import MLPDecoder, MLPEncoder
 from mmvae.objectives import ELBO, make_objective

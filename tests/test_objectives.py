@@ -257,8 +257,8 @@ def test_elbo_equals_naive_loop(case, kl, private_dim):
     agg, combine, members_only, stratify = NAIVE_CASES[case]
     vae = build_vae(aggregator=agg, private_dim=private_dim, seed=case, beta=0.7)
     x, avail = vae.check(*_batch(seed=50 + case))
-    obj = ELBO(kl=kl)
-    assert obj.settings(vae) == (combine, "members" if members_only else "all", stratify)
+    obj = ELBO(kl=kl, beta=vae.beta)  # an objective holds its own beta
+    assert obj.settings(vae.aggregator) == (combine, "members" if members_only else "all", stratify)
     seed = 500 + case
     torch.manual_seed(seed)
     ours = obj(vae, x, avail).loss
@@ -271,7 +271,7 @@ def test_elbo_cross_private_posterior_equals_naive_loop():
     vae = build_vae(aggregator="moe", private_dim=2, seed=9, cross_private="posterior")
     x, avail = vae.check(*_batch(seed=59))
     torch.manual_seed(509)
-    ours = ELBO(kl="closed")(vae, x, avail).loss
+    ours = ELBO(kl="closed", beta=vae.beta)(vae, x, avail).loss
     ref = naive_elbo(vae, x, avail, 509, "closed", "mixture", False, True)
     _assert_same(ours, ref, vae)
 
@@ -279,7 +279,7 @@ def test_elbo_cross_private_posterior_equals_naive_loop():
 def test_terms_add_up_to_the_loss():
     vae = build_vae(aggregator="mopoe", private_dim=2, beta=0.5)
     x, avail = vae.check(*_batch())
-    out = ELBO()(vae, x, avail)
+    out = vae.objective(vae, x, avail)
     nll = sum(v for k, v in out.terms.items() if k.startswith("nll/"))
     kl = out.terms["kl/shared"] + sum(v for k, v in out.terms.items() if k.startswith("kl/private/"))
     torch.testing.assert_close(out.loss, nll + vae.beta * kl, rtol=1e-6, atol=1e-6)

@@ -18,7 +18,8 @@ def _make(modalities: dict[str, Modality], defaults: dict, overrides: dict) -> M
 
 
 def mvae(modalities, shared_dim: int = 16, **overrides) -> MultimodalVAE:
-    """MVAE (Wu & Goodman, NeurIPS 2018). Objective: the joint PoE ELBO plus every unimodal ELBO (sub-sampled terms)."""
+    """MVAE (Wu & Goodman, NeurIPS 2018). Objective: the joint PoE ELBO plus every unimodal ELBO (the paper's
+    sub-sampled terms; for M > 2 it also adds the ELBOs of k random subsets, which this preset leaves out)."""
     return _make(modalities, dict(shared_dim=shared_dim, aggregator={"name": "poe", "subsets": "joint+unimodal"}),
                  overrides)
 
@@ -38,7 +39,8 @@ def mopoe(modalities, shared_dim: int = 16, **overrides) -> MultimodalVAE:
 
 
 def mmvm(modalities, shared_dim: int = 16, **overrides) -> MultimodalVAE:
-    """MMVM VAE (Sutter, Daunhawer & Vogt, NeurIPS 2024, "Unity by Diversity"). Objective: sum_m [-log p(x_m | z_m)
+    """MMVM VAE (Sutter, Meng, Agostini, Chopard, Fortin, Vogt, Shahbaba & Mandt, NeurIPS 2024,
+    "Unity by Diversity"). Objective: sum_m [-log p(x_m | z_m)
     + beta KL(q(z_m | x_m) || h(z_m | X))], h the MM-VAMP mixture of the observed unimodal posteriors."""
     return _make(modalities, dict(shared_dim=shared_dim, aggregator="none", prior={"name": "mmvamp", "kl": "bound"}),
                  overrides)

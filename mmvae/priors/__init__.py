@@ -13,5 +13,4 @@ def make_prior(spec):
     return from_spec(spec, PRIORS, "prior")
 
 
-
 __all__ = ["StandardNormal", "MMVAMP", "make_prior", "PRIORS"]

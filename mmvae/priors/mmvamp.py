@@ -1,4 +1,5 @@
-"""The MM-VAMP prior of the MMVM VAE (Sutter, Daunhawer & Vogt 2024, "Unity by Diversity").
+"""The MM-VAMP prior of the MMVM VAE (Sutter, Meng, Agostini, Chopard, Fortin, Vogt, Shahbaba & Mandt,
+NeurIPS 2024, "Unity by Diversity: Improved Representation Learning in Multimodal VAEs").
 
 Each posterior q_k (a modality's own q(z | x_m) under aggregator "none", or any subset posterior) is pulled
 towards the data-dependent mixture of the observed unimodal posteriors of the same sample:
@@ -8,7 +9,7 @@ towards the data-dependent mixture of the observed unimodal posteriors of the sa
 KL(q_k || h) has no closed form. Two estimators:
 - "bound": the Jensen upper bound alpha KL(q_k || N) + (1 - alpha) (1/M') sum_m' KL(q_k || q_m') (what the authors
   train with);
-- "mc": (1/L) sum_l [log q_k(z_l) - log h(z_l)], z_l ~ q_k, vectorised over [L, K, M, B, D].
+- "mc": (1/L) sum_l [log q_k(z_l) - log h(z_l)], z_l ~ q_k (L = n_samples), vectorised over [L, K, M, B, D].
 
 The mixture density is a masked logsumexp over components rather than Pyro's `MixtureOfDiagNormals.log_prob`:
 both cost the same for large batches (~19 ms forward+backward at L=10, K=M=5, B=128, D=64 on CPU), the logsumexp
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..gaussian import Experts, SubsetPosterior, kl_normal, kl_std_normal, log_normal, rsample
+from ..gaussian import Experts, SubsetPosterior, kl_normal, kl_std_normal, log_normal, log_std_normal, rsample
 
 
 class MMVAMP(nn.Module):
@@ -37,7 +38,6 @@ class MMVAMP(nn.Module):
     """
 
     name = "mmvamp"
-    data_dependent = True
 
     def __init__(self, kl: str = "bound", n_samples: int = 1, alpha_start: float = 0.0, alpha_end: float = 0.0,
                  anneal_steps: int = 0, detach_prior: bool = False):
@@ -94,7 +94,7 @@ class MMVAMP(nn.Module):
         lp = lp + log_w  # [..., M, B]: -inf for components not observed in that sample
         if alpha == 0.0:
             return torch.logsumexp(lp, dim=-2)
-        std = log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) + math.log(alpha)  # [..., B]
+        std = log_std_normal(z) + math.log(alpha)  # [..., B]
         if alpha == 1.0:
             return std
         return torch.logsumexp(torch.cat([lp + math.log1p(-alpha), std.unsqueeze(-2)], -2), dim=-2)
