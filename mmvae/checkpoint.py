@@ -1,29 +1,29 @@
 """Checkpoints: written atomically, read without unpickling arbitrary objects.
 
-A checkpoint is a dict of plain values and tensors only, so `torch.load(path, weights_only=True)` reads it:
-
-    {"format": "mmvae-checkpoint", "mmvae_version", "torch_version", "pyro_version", "python_version",
-     "config": JSON str (the model's `config()`), "trainer": JSON str, "history": JSON str,
-     "model": state_dict, "optimizer": state_dict, "scaler": state_dict (AMP only),
-     "epoch": completed epochs, "step_in_epoch": batches done in the unfinished epoch,
-     "global_step", "step" (= global_step), "rng": {"torch": [state per rank], "cuda": [[state per device] per rank]},
-     ...}
+A checkpoint is a dict of plain values and tensors only, so `torch.load(path, weights_only=True)` reads it. Its
+layout is defined once, by `TrainingState` (the training fields) and `save_checkpoint` (the format marker and the
+`*_version` keys it adds).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import platform
 import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .version import __version__
 
 FORMAT = "mmvae-checkpoint"
 LAST, BEST = "last.pt", "best.pt"
@@ -32,15 +32,74 @@ LAST, BEST = "last.pt", "best.pt"
 def versions() -> dict[str, str]:
     """Versions of mmvae, torch, pyro and Python, for checkpoints and run folders."""
     try:
-        from . import __version__ as mmvae_version
-    except ImportError:
-        mmvae_version = "0+unknown"
-    try:
         pyro_version = metadata.version("pyro-ppl")
     except metadata.PackageNotFoundError:
         pyro_version = "not installed"
-    return {"mmvae": mmvae_version, "torch": str(torch.__version__), "pyro": pyro_version,
+    return {"mmvae": __version__, "torch": str(torch.__version__), "pyro": pyro_version,
             "python": platform.python_version()}
+
+
+def _json(raw, default):
+    """A JSON field of a checkpoint decoded (absent: `default`; already decoded: as it is)."""
+    if raw is None:
+        return default
+    return json.loads(raw) if isinstance(raw, str) else raw
+
+
+@dataclass
+class TrainingState:
+    """Everything a training checkpoint holds, so that a resumed run continues exactly where it stopped.
+
+    Stored as `to_dict()`: the JSON fields (`config`, `trainer`, `extra`, `history`, `epoch_sums`) as JSON strings,
+    state_dicts and RNG states as tensors, counters as numbers, and `step` (= `global_step`, for older readers).
+    """
+
+    model: dict  # the model's state_dict
+    optimizer: dict  # the optimiser's state_dict
+    epoch: int  # completed epochs
+    global_step: int  # optimiser steps taken (skipped non-finite steps included)
+    step_in_epoch: int = 0  # batches done in the unfinished epoch
+    config: dict | None = None  # the model's `config()` (None: the model has none)
+    trainer: dict = field(default_factory=dict)  # `Trainer.settings()` plus world size and thread count
+    extra: dict = field(default_factory=dict)  # the trainer's `extra_config` (e.g. the dataset)
+    history: list[dict] = field(default_factory=list)  # one dict of means per finished epoch
+    scaler: dict | None = None  # the AMP GradScaler's state_dict (float16 AMP only)
+    nonfinite_streak: int = 0  # consecutive skipped steps so far
+    best_val: float = math.inf  # the lowest val/loss so far (what best.pt holds)
+    epoch_sums: dict = field(default_factory=dict)  # the unfinished epoch's batch-weighted sums
+    epoch_time: float = 0.0  # seconds spent in the unfinished epoch
+    rng: dict = field(default_factory=dict)  # {"torch": [state per rank], "cuda": [[state per device] per rank]}
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "optimizer", "epoch", "global_step")  # the rest may be absent
+
+    def to_dict(self) -> dict:
+        """The checkpoint dict (plain values and tensors only); `save_checkpoint` adds the format and versions."""
+        state = {"config": json.dumps(self.config), "trainer": json.dumps(self.trainer),
+                 "extra": json.dumps(self.extra), "history": json.dumps(self.history),
+                 "model": self.model, "optimizer": self.optimizer,
+                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                 "step": self.global_step, "nonfinite_streak": self.nonfinite_streak, "best_val": self.best_val,
+                 "epoch_sums": json.dumps(self.epoch_sums), "epoch_time": self.epoch_time, "rng": self.rng}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler
+        return state
+
+    @classmethod
+    def from_dict(cls, state: dict) -> TrainingState:
+        """A checkpoint dict read back; optional keys may be missing (older files), the `REQUIRED` ones may not.
+
+        Raises CheckpointError naming the missing keys, or when the model config is not valid JSON.
+        """
+        missing = [k for k in cls.REQUIRED if k not in state]
+        if missing:
+            raise CheckpointError(f"not a training checkpoint: it lacks {', '.join(missing)}")
+        return cls(model=state["model"], optimizer=state["optimizer"], epoch=int(state["epoch"]),
+                   global_step=int(state["global_step"]), step_in_epoch=int(state.get("step_in_epoch", 0)),
+                   config=model_config(state), trainer=_json(state.get("trainer"), {}),
+                   extra=_json(state.get("extra"), {}), history=_json(state.get("history"), []),
+                   scaler=state.get("scaler"), nonfinite_streak=int(state.get("nonfinite_streak", 0)),
+                   best_val=float(state.get("best_val", math.inf)), epoch_sums=_json(state.get("epoch_sums"), {}),
+                   epoch_time=float(state.get("epoch_time", 0.0)), rng=state.get("rng", {}))
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
@@ -184,22 +243,49 @@ def mismatch_report(state: dict, model: nn.Module) -> str:
     return "\n".join(parts)
 
 
-def load_model(path: str | os.PathLike, builder: Callable[[dict], nn.Module] | None = None,
+def load_weights(model: nn.Module, state: dict, failure: str) -> None:
+    """`model.load_state_dict(state["model"])`; when they do not fit, CheckpointError("`failure`; what differs")."""
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        detail = mismatch_report(state, model) or str(e)
+        raise CheckpointError(f"{failure}; {detail}") from None
+
+
+def restore_modules(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, source) -> TrainingState:
+    """Load the checkpoint dict `state` (read from `source`) into a model, its optimiser and its AMP scaler; the
+    rest of it, for the caller's counters.
+
+    Raises CheckpointError when the weights do not fit (saying what differs); warns when the model's config
+    differs in ways the weights do not show.
+    """
+    try:
+        restored = TrainingState.from_dict(state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    load_weights(model, state, f"{source}: its weights do not fit this model")
+    if hasattr(model, "config"):
+        differ = config_differences(restored.config, model.config())
+        if differ:
+            warnings.warn(f"resuming from {source} with a different model configuration: {'; '.join(differ)}",
+                          stacklevel=5)
+    optimizer.load_state_dict(restored.optimizer)
+    if restored.scaler is not None and scaler.is_enabled():
+        scaler.load_state_dict(restored.scaler)
+    return restored
+
+
+def load_model(path: str | os.PathLike, builder: Callable[[dict | None], nn.Module],
                map_location: str | torch.device = "cpu") -> nn.Module:
-    """A model rebuilt from a checkpoint's config by `builder` (default `MultimodalVAE.from_config`), weights
-    loaded, moved to `map_location`, in eval mode.
+    """`builder(config)` for the checkpoint's stored model config, its weights loaded, moved to `map_location`, in
+    eval mode (`mmvae.load` passes `MultimodalVAE.from_config`).
 
     Raises CheckpointError when the stored config cannot be rebuilt or the weights do not fit the built model;
     the message lists the config fields and weights that differ.
     """
     state = read_checkpoint(path)
     cfg = model_config(state)
-    if builder is None:
-        if cfg is None:
-            raise CheckpointError(f"{path}: the checkpoint stores no model config; pass a builder")
-        from .model import MultimodalVAE
-
-        builder = MultimodalVAE.from_config
     try:
         model = builder(cfg)
     except (TypeError, KeyError, ValueError, AttributeError) as e:
@@ -207,11 +293,7 @@ def load_model(path: str | os.PathLike, builder: Callable[[dict], nn.Module] | N
         raise CheckpointError(f"{path}: cannot rebuild the model from the configuration stored in the checkpoint "
                               f"(made with mmvae {made}, this is mmvae {versions()['mmvae']}): "
                               f"{type(e).__name__}: {e}") from None
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        detail = mismatch_report(state, model) or str(e)
-        raise CheckpointError(f"{path}: the weights do not fit the model built from its config; {detail}") from None
+    load_weights(model, state, f"{path}: the weights do not fit the model built from its config")
     return model.to(map_location).eval()
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .validation import observed_rows
 
 
 def read_npz(path: Path, names: list[str]) -> dict[str, np.ndarray]:
@@ -58,8 +59,7 @@ def impute_npz(checkpoint: Path, src: Path, dst: Path, targets: list[str] | None
     N = next(iter(arrays.values())).shape[0]
     present = np.zeros((N, len(model.names)), dtype=bool)  # [N, M]
     for k, a in arrays.items():
-        flat = a.reshape(N, -1)
-        present[:, model.names.index(k)] = ~np.isnan(flat).all(1) if np.issubdtype(a.dtype, np.floating) else True
+        present[:, model.names.index(k)] = observed_rows(torch.from_numpy(a)).numpy()
     empty = np.flatnonzero(~present.any(1))
     targets = targets or [n for i, n in enumerate(model.names) if not present[:, i].all()]
     bad = [t for t in targets if t not in model.names]

@@ -17,7 +17,7 @@ from .gaussian import Experts, SubsetPosterior, rsample, soft_clamp_logvar
 from .modality import Modality
 from .objectives import ModelOutput, Objective, PrivateDraw, Reconstruction, make_objective
 from .priors import make_prior
-from .validation import check_count, check_inputs
+from .validation import check_count, check_inputs, check_targets
 
 
 @dataclass
@@ -27,6 +27,16 @@ class Encoded:
     experts: Experts  # mu, logvar [M, B, Ds]; avail [B, M]
     private: dict[str, tuple[Tensor, Tensor]]  # name -> (mu, logvar) [B, Dm]; zeros where x_m is missing
     observed: list[bool]  # per modality: observed in any sample of the batch (host-side, for skipping work)
+
+
+def _private_dims(private_dim: int | dict, names: list[str]) -> dict[str, int]:
+    """Each modality's private latent size from an int for all or a dict name -> int (absent: 0)."""
+    if not isinstance(private_dim, dict):
+        return {n: int(private_dim) for n in names}
+    unknown = set(private_dim) - set(names)
+    if unknown:
+        raise InputError(f"private_dim names unknown modality {sorted(unknown)[0]!r} (known: {names})")
+    return {n: int(private_dim.get(n, 0)) for n in names}
 
 
 class MultimodalVAE(nn.Module):
@@ -49,13 +59,7 @@ class MultimodalVAE(nn.Module):
         if cross_private not in ("prior", "posterior"):
             raise InputError(f"cross_private must be 'prior' or 'posterior', got {cross_private!r}")
         self.names = list(modalities)
-        if isinstance(private_dim, dict):
-            unknown = set(private_dim) - set(self.names)
-            if unknown:
-                raise InputError(f"private_dim names unknown modality {sorted(unknown)[0]!r} (known: {self.names})")
-        self.shared_dim = int(shared_dim)
-        self.private_dims = {n: int(private_dim.get(n, 0) if isinstance(private_dim, dict) else private_dim)
-                             for n in self.names}
+        self.shared_dim, self.private_dims = int(shared_dim), _private_dims(private_dim, self.names)
         for name, mod in modalities.items():
             mod.build(name, self.shared_dim + self.private_dims[name])
         self.modalities = nn.ModuleDict(modalities)
@@ -130,17 +134,16 @@ class MultimodalVAE(nn.Module):
         """w_m for decoding: from q(w_m | x_m) where use_posterior [K, B] (and, under cross_private="posterior",
         wherever x_m is observed), else from the private prior. -> w [n, K, B, Dm], or None without a private latent.
         """
-        d = self.private_dims[name]
-        if d == 0:
-            return None
         K, B = use_posterior.shape
+        prior = self._private_prior(name, (n, K, B))  # [n, K, B, Dm]
+        if prior is None:
+            return None
         rows = torch.arange(K, device=use_posterior.device)
-        prior = torch.randn(n, K, B, d, device=use_posterior.device) * (0.5 * self.private_prior_logvar[name]).exp()
         if name not in enc.private:
             return PrivateDraw(rows, torch.zeros_like(use_posterior), prior)
         i = self.names.index(name)
         use = use_posterior | (enc.experts.avail[:, i] if self.cross_private == "posterior" else False)  # [K, B]
-        post = rsample(*enc.private[name], n * K).view(n, K, B, d)
+        post = rsample(*enc.private[name], n * K).view(prior.shape)
         return PrivateDraw(rows, use, torch.where(use[None, ..., None], post, prior))
 
     def log_likelihoods(self, x: dict[str, Tensor], enc: Encoded, z: Tensor, post: SubsetPosterior,
@@ -188,13 +191,8 @@ class MultimodalVAE(nn.Module):
         """Decode `targets` (default: every modality not given) from z ~ q(z | observed) and, for modalities not
         observed, a private code from its prior. Returns name -> [B, ...], or [n_samples, B, ...] when n_samples > 1.
         """
-        if isinstance(targets, str):
-            targets = [targets]
-        targets = [n for n in self.names if n not in observed] if targets is None else list(targets)
+        targets = check_targets(targets, observed, self.names)
         n_samples = check_count(n_samples, "impute: n_samples", 1)
-        unknown = [t for t in targets if t not in self.names]
-        if unknown:
-            raise InputError(f"unknown target modality {unknown[0]!r} (known: {self.names})")
         post, enc = self.posterior(observed, avail)
         z = post.sample_component(n_samples)  # [n, B, Ds]
         out = {}
@@ -218,12 +216,15 @@ class MultimodalVAE(nn.Module):
         """Unconditional generation: z ~ N(0, I), w_m from the private priors, every modality decoded."""
         n = check_count(n, "sample: n", 0)
         z = torch.randn(n, self.shared_dim, device=self.device)
-        out = {}
-        for name in self.names:
-            d = self.private_dims[name]
-            w = torch.randn(n, d, device=self.device) * (0.5 * self.private_prior_logvar[name]).exp() if d else None
-            out[name] = self.modalities[name].likelihood.mean(self.decode(name, z, w))
-        return out
+        return {name: self.modalities[name].likelihood.mean(self.decode(name, z, self._private_prior(name, (n,))))
+                for name in self.names}
+
+    def _private_prior(self, name: str, lead: tuple[int, ...]) -> Tensor | None:
+        """w_m ~ r(w_m) = N(0, diag exp(private_prior_logvar)), None without a private latent.  # [*lead, Dm]"""
+        d = self.private_dims[name]
+        if d == 0:
+            return None
+        return torch.randn(*lead, d, device=self.device) * (0.5 * self.private_prior_logvar[name]).exp()
 
     # ---------------------------------------------------------------- configuration
     def config(self) -> dict:

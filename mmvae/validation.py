@@ -25,12 +25,52 @@ def check_count(value, what: str, minimum: int) -> int:
     return n
 
 
+def check_targets(targets, observed, names: list[str]) -> list[str]:
+    """The modalities to generate: `targets` (a name or a list), by default every modality not in `observed`."""
+    if isinstance(targets, str):
+        targets = [targets]
+    targets = [n for n in names if n not in observed] if targets is None else list(targets)
+    unknown = [t for t in targets if t not in names]
+    if unknown:
+        raise InputError(f"unknown target modality {unknown[0]!r} (known: {names})")
+    return targets
+
+
+def observed_rows(t: Tensor) -> Tensor:
+    """The rule for missing data: a row that is entirely NaN is missing; integer rows are always observed.  # [B]"""
+    if torch.is_floating_point(t):
+        return ~_rows(t).isnan().all(1)
+    return torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
+
+
 def check_inputs(modalities, names: list[str], x, avail=None) -> tuple[dict[str, Tensor], Tensor]:
     """Validate a batch and return (x with missing entries zeroed, avail [B, M] bool).
 
     With avail=None, a modality absent from x is missing for every sample, and a row that is entirely NaN
-    marks that sample's modality as missing. Values where avail is False are never read.
+    marks that sample's modality as missing (`observed_rows`). Values where avail is False are never read.
     """
+    B = _check_tensors(modalities, names, x)
+    device = next(iter(x.values())).device
+    if avail is None:
+        avail = torch.zeros(B, len(names), dtype=torch.bool, device=device)
+        for name, t in x.items():
+            avail[:, names.index(name)] = observed_rows(t).to(device)
+    else:
+        avail = _check_mask(avail, B, names, device)
+    counts = torch.cat([avail.sum(0), (~avail.any(1)).sum()[None]]).tolist()  # one host sync: [M] + [#empty]
+    if counts[-1]:
+        empty = (~avail.any(1)).nonzero().flatten()
+        raise InputError(f"sample(s) {empty[:10].tolist()} have no observed modality; each sample needs at least one")
+    clean = _zero_missing(names, x, avail, counts)
+    for i, name in enumerate(names):
+        if name in clean and counts[i]:
+            t = clean[name]
+            modalities[name].likelihood.check(t if counts[i] == B else t[avail[:, i]], name)
+    return clean, avail
+
+
+def _check_tensors(modalities, names: list[str], x) -> int:
+    """x is a non-empty dict of known modality -> [B, *shape] tensors with one batch size B; returns B."""
     if not isinstance(x, dict):
         raise InputError(f"inputs must be a dict of modality name -> tensor, got {type(x).__name__}")
     unknown = sorted(set(x) - set(names))
@@ -50,35 +90,35 @@ def check_inputs(modalities, names: list[str], x, avail=None) -> tuple[dict[str,
     B = next(iter(sizes.values()))
     if B == 0:
         raise InputError("empty batch: every modality has 0 samples")
-    device = next(iter(x.values())).device
     for name, t in x.items():
         shape = modalities[name].shape
         if shape is not None and tuple(t.shape[1:]) != tuple(shape):
             raise InputError(f"modality {name!r}: expected per-sample shape {tuple(shape)}, got {tuple(t.shape[1:])}")
-    if avail is None:
-        avail = torch.zeros(B, len(names), dtype=torch.bool, device=device)
-        for name, t in x.items():
-            present = ~_rows(t).isnan().all(1) if torch.is_floating_point(t) else torch.ones(B, dtype=torch.bool)
-            avail[:, names.index(name)] = present.to(device)
-    else:
-        try:
-            avail = torch.as_tensor(avail, device=device)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise InputError(f"availability mask must be a [B, M] = [{B}, {len(names)}] bool tensor, got "
-                             f"{type(avail).__name__} ({e})") from None
-        if tuple(avail.shape) != (B, len(names)):
-            raise InputError(f"availability mask must be [B, M] = [{B}, {len(names)}] "
-                             f"(modalities {names}), got {list(avail.shape)}")
-        if avail.dtype != torch.bool:
-            odd = avail.flatten()[:0] if avail.is_complex() else avail[(avail != 0) & (avail != 1)]
-            if avail.is_complex() or len(odd):
-                raise InputError(f"availability mask must hold booleans or 0/1, got dtype {avail.dtype} with values "
-                                 f"like {odd[:5].tolist()}")
-            avail = avail.bool()
-    counts = torch.cat([avail.sum(0), (~avail.any(1)).sum()[None]]).tolist()  # one host sync: [M] + [#empty]
-    if counts[-1]:
-        empty = (~avail.any(1)).nonzero().flatten()
-        raise InputError(f"sample(s) {empty[:10].tolist()} have no observed modality; each sample needs at least one")
+    return B
+
+
+def _check_mask(avail, B: int, names: list[str], device) -> Tensor:
+    """A user's availability mask as a [B, M] bool tensor on `device`."""
+    try:
+        avail = torch.as_tensor(avail, device=device)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"availability mask must be a [B, M] = [{B}, {len(names)}] bool tensor, got "
+                         f"{type(avail).__name__} ({e})") from None
+    if tuple(avail.shape) != (B, len(names)):
+        raise InputError(f"availability mask must be [B, M] = [{B}, {len(names)}] "
+                         f"(modalities {names}), got {list(avail.shape)}")
+    if avail.dtype != torch.bool:
+        odd = avail.flatten()[:0] if avail.is_complex() else avail[(avail != 0) & (avail != 1)]
+        if avail.is_complex() or len(odd):
+            raise InputError(f"availability mask must hold booleans or 0/1, got dtype {avail.dtype} with values "
+                             f"like {odd[:5].tolist()}")
+        avail = avail.bool()
+    return avail
+
+
+def _zero_missing(names: list[str], x: dict[str, Tensor], avail: Tensor, counts: list[int]) -> dict[str, Tensor]:
+    """x with unobserved entries zeroed; InputError for NaN/Inf in observed entries (one host sync)."""
+    B = avail.shape[0]
     clean, finite = {}, {}
     for i, name in enumerate(names):
         if name not in x:
@@ -97,8 +137,4 @@ def check_inputs(modalities, names: list[str], x, avail=None) -> tuple[dict[str,
             if not ok:
                 bad = (~torch.isfinite(_rows(clean[name])).all(1)).nonzero().flatten()[:10].tolist()
                 raise InputError(f"modality {name!r}: NaN or Inf in observed sample(s) {bad}")
-    for i, name in enumerate(names):
-        if name in clean and counts[i]:
-            t = clean[name]
-            modalities[name].likelihood.check(t if counts[i] == B else t[avail[:, i]], name)
-    return clean, avail
+    return clean

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmvae import InputError, MultimodalVAE
-from mmvae.bounds import DReG
+from mmvae.objectives import DReG
 from mmvae.cli import main as cli_main
 from mmvae.datasets import PolyDigits
 from mmvae.models import PRESETS, build

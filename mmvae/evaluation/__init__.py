@@ -1,17 +1,27 @@
 """Evaluators: coherence, imputation, latent classification, shared/private disentanglement, plots and a report.
 
 Every evaluator is a function of a model's verbs (`impute`, `embed`, `sample`, `posterior`, `decode`) and a dataset,
-returning plain dicts; subsets of each size are evaluated in one batched pass. `evaluate_run` and `compare_runs`
-own the files.
+returning plain dicts; subsets of each size are evaluated in one batched pass (`subset_batches`), their per-cell
+results gathered by `cells.CellSums`. `run.evaluate_run` and `compare.compare_runs` own the files (`run_files`),
+`markdown` renders report.md, `settings` holds the full and quick `EvalSettings`.
 """
-from .classifiers import (Classifier, check_accuracy, data_checksum, load_classifiers, save_classifiers,
-                          train_classifiers)
+from .classifiers import (
+    Classifier,
+    check_accuracy,
+    data_checksum,
+    load_classifiers,
+    save_classifiers,
+    train_classifiers,
+)
 from .coherence import conditional_coherence, joint_coherence
+from .compare import compare_runs
 from .disentanglement import latent_disentanglement, r2_score, r2_table
 from .imputation import conditional_loglik, imputation_error
+from .markdown import render_report
 from .plots import coherence_plot, generation_grid, latent_map, training_curves
 from .probe import fit_logistic, latent_classification, linear_probe
-from .report import METRICS, compare_runs, evaluate_run, render_report
+from .run import evaluate_run
+from .settings import METRICS, EvalSettings
 from .subset_batches import EvalData, as_eval_data
 
 __all__ = [
@@ -19,5 +29,5 @@ __all__ = [
     "conditional_coherence", "joint_coherence", "latent_classification", "linear_probe", "fit_logistic",
     "imputation_error", "conditional_loglik", "r2_table", "r2_score", "latent_disentanglement",
     "generation_grid", "latent_map", "coherence_plot", "training_curves",
-    "evaluate_run", "compare_runs", "render_report", "METRICS", "EvalData", "as_eval_data",
+    "evaluate_run", "compare_runs", "render_report", "METRICS", "EvalSettings", "EvalData", "as_eval_data",
 ]

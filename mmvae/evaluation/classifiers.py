@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..devices import resolve_device
 from ..errors import CheckpointError, InputError
-from .subset_batches import as_eval_data, resolve_device
+from .subset_batches import as_eval_data
 
 WEIGHTS_FILE, META_FILE = "classifiers.pt", "classifiers.json"
 
@@ -53,12 +54,14 @@ class Classifier(nn.Module):
             raise InputError(f"classifier kind must be 'auto', 'conv', 'mlp' or 'tokens', got {kind!r}")
 
     def forward(self, x: Tensor) -> Tensor:  # [B, *in_shape] -> [B, C]
+        """Class logits; token inputs are clamped into the vocabulary."""
         if self.spec["kind"] == "tokens":
             return self.net(x.long().clamp(0, self.spec["vocab"] - 1))
         return self.net(x.float())
 
     @property
     def test_accuracy(self) -> float | None:
+        """Accuracy on the held-out split at training time (None for classifiers never scored)."""
         return self.meta.get("test_accuracy")
 
 

@@ -8,30 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from ..devices import module_device
 from ..errors import InputError
+from .cells import CellSums, summarise
 from .classifiers import predict
-from .subset_batches import (as_eval_data, gather_rows, model_device, pair_key, row_chunks, subset_rows,
-                             subsets_by_size)
-
-
-def _cell_means(sums: torch.Tensor, counts: torch.Tensor, subsets: torch.Tensor, names: list[str]) -> dict:
-    """Per (S, m) means from sums/counts [K, M], for m not in S and counts > 0."""
-    out = {}
-    for k, s in enumerate(subsets):
-        for j, m in enumerate(names):
-            if not s[j] and counts[k, j] > 0:
-                out[pair_key(s, m, names)] = float(sums[k, j] / counts[k, j])
-    return out
-
-
-def summarise(matrix: dict[str, float]) -> dict:
-    """{"matrix", "per_size": {|S|: mean over its (S, m) cells}, "mean": mean over all cells} from "S->m" keys."""
-    by_size: dict[int, list[float]] = {}
-    for key, v in matrix.items():
-        by_size.setdefault(key.split("->")[0].count("+") + 1, []).append(v)
-    per_size = {str(s): sum(v) / len(v) for s, v in sorted(by_size.items())}
-    values = list(matrix.values())
-    return {"matrix": matrix, "per_size": per_size, "mean": sum(values) / len(values) if values else float("nan")}
+from .subset_batches import as_eval_data, conditioning_subsets, gather_rows, row_chunks, subset_batches
 
 
 def conditional_coherence(model, dataset, classifiers: dict, batch_size: int | None = 20_000,
@@ -50,36 +31,39 @@ def conditional_coherence(model, dataset, classifiers: dict, batch_size: int | N
     missing = [m for m in names if m not in classifiers]
     if missing:
         raise InputError(f"no coherence classifier for modality {missing[0]!r}")
-    M, dev = len(names), model_device(model)
+    dev = module_device(model)
     keep = data.labels >= 0
     if not bool(keep.all()):
         data = data.take(keep.nonzero().squeeze(1))
-    matrix, n_cell = {}, {}
-    for size, subsets in subsets_by_size(M, range(1, M)).items():
-        rows, sub = subset_rows(data.avail, subsets)  # [R], [R]
-        sums = torch.zeros(len(subsets), M)
-        counts = torch.zeros(len(subsets), M)
-        for c in row_chunks(len(rows), batch_size and max(1, batch_size // n_samples)):
-            r, k = rows[c], sub[c]
-            x = gather_rows(data.data, r, dev)
-            mask = subsets[k].to(dev)  # [R, M]: each row observes its own subset
-            gen = model.impute(x, targets=names, n_samples=n_samples, avail=mask)
-            y = data.labels[r]
-            for j, m in enumerate(names):
-                target = ~subsets[k, j]  # [R]: m is not in the row's S
-                if not bool(target.any()):
-                    continue
-                out = gen[m] if n_samples > 1 else gen[m][None]  # [n, R, *shape]
-                out = out[:, target.to(out.device)]  # [n, R', *shape]: only the rows that generate m
-                pred = predict(classifiers[m], out.reshape(-1, *out.shape[2:])).view(n_samples, -1).cpu()
-                hit = (pred == y[target]).float().mean(0)  # [R']
-                sums[:, j].index_add_(0, k[target], hit)
-                counts[:, j].index_add_(0, k[target], torch.ones(len(hit)))
-        matrix.update(_cell_means(sums, counts, subsets, names))
-        n_cell.update({key: int(v) for key, v in _cell_means(counts, torch.ones_like(counts), subsets, names).items()})
+    subsets = conditioning_subsets(len(names))  # [K, M]
+    sums = CellSums(subsets, names, ("hit",), dtype=torch.float32)  # float32 as ever: same numbers
+    for r, k in subset_batches(data.avail, subsets, batch_size and max(1, batch_size // n_samples)):  # [R], [R]
+        mask = subsets[k]  # [R, M]: each row observes its own subset
+        gen = model.impute(gather_rows(data.data, r, dev), targets=names, n_samples=n_samples, avail=mask.to(dev))
+        sums.add(k, ~mask, hit=_hits(gen, ~mask, data.labels[r], classifiers, names, n_samples))
+    matrix = {key: v["hit"] for key, v in sums.means().items()}
     out = summarise(matrix)
-    out.update(n_tuples=len(data), n_samples=n_samples, counts=n_cell)
+    out.update(n_tuples=len(data), n_samples=n_samples, counts=sums.row_counts())
     return out
+
+
+def _hits(gen: dict, target: torch.Tensor, y: torch.Tensor, classifiers: dict, names: list[str], n_samples: int
+          ) -> torch.Tensor:
+    """Fraction of a row's n_samples generations of m that modality m's classifier labels y.
+
+    gen: name -> [n, R, *shape] (or [R, *shape] when n_samples == 1); target [R, M] bool: the cells to score;
+    y [R].  -> [R, M] float, 0 outside `target`
+    """
+    hits = torch.zeros(target.shape, dtype=torch.float32)  # [R, M]
+    for j, m in enumerate(names):
+        rows = target[:, j]  # [R]: m is not in the row's S
+        if not bool(rows.any()):
+            continue
+        out = gen[m] if n_samples > 1 else gen[m][None]  # [n, R, *shape]
+        out = out[:, rows.to(out.device)]  # [n, R', *shape]: only the rows that generate m
+        pred = predict(classifiers[m], out.reshape(-1, *out.shape[2:])).view(n_samples, -1).cpu()  # [n, R']
+        hits[rows, j] = (pred == y[rows]).float().mean(0)  # [R']
+    return hits
 
 
 def joint_coherence(model, classifiers: dict, n: int = 1000, batch_size: int = 10_000, seed: int | None = None

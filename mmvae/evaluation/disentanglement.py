@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .subset_batches import as_eval_data, gather_rows, model_device, row_chunks
+from ..devices import module_device
+from .subset_batches import as_eval_data, gather_rows, row_chunks
 
 
 def _design(x: Tensor) -> Tensor:
@@ -56,7 +57,7 @@ def r2_table(blocks: dict[str, Tensor], factors: dict[str, Tensor], test_blocks:
 def latent_blocks(model, data, batch_size: int | None = 20_000) -> dict[str, Tensor]:
     """Posterior means from every observed modality: {"shared": [N, Ds], "private/m": [N, Dm]} (rows with all
     modalities observed only make sense here; the caller selects them)."""
-    dev = model_device(model)
+    dev = module_device(model)
     out: dict[str, list[Tensor]] = {}
     for c in row_chunks(len(data), batch_size):
         emb = model.embed(gather_rows(data.data, torch.arange(c.start, c.stop), dev), avail=data.avail[c].to(dev))

@@ -16,10 +16,10 @@ import math
 import torch
 from torch import Tensor
 
-from ..gaussian import log_normal
-from .coherence import summarise
-from .subset_batches import (as_eval_data, gather_rows, model_device, pair_key, row_chunks, subset_rows,
-                             subsets_by_size)
+from ..devices import module_device
+from ..gaussian import log_normal, log_std_normal, rsample
+from .cells import CellSums, summarise
+from .subset_batches import as_eval_data, conditioning_subsets, gather_rows, subset_batches
 
 
 def _error(imputed: Tensor, true: Tensor, discrete: bool, event_dims: int) -> Tensor:
@@ -37,6 +37,33 @@ def _is_discrete(model, name: str) -> bool:
     return bool(mods is not None and getattr(mods[name].likelihood, "discrete", False))
 
 
+def _sample_stats(out: Tensor, true: Tensor, disc: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Error, error of the average imputation, and spread of n imputations of one modality.
+
+    out [n, R, *shape], true [R, *shape] -> three [R]: mean error over the samples; the error of their mean (the
+    mode for tokens); the per-dim standard deviation across samples (for tokens: disagreement with the first draw).
+    """
+    event_dims = true.dim() - 1
+    err = _error(out, true[None], disc, event_dims).mean(0)  # [R]
+    if disc:
+        mean_imp = out.float().mode(0).values.to(true.dtype)
+        spread = (out != out[:1]).float().flatten(2).mean((0, 2))
+    else:
+        mean_imp = out.float().mean(0)
+        spread = out.float().std(0, unbiased=False).flatten(1).mean(1) if out.shape[0] > 1 else \
+            torch.zeros(out.shape[1], device=out.device)
+    return err, _error(mean_imp, true, disc, event_dims), spread
+
+
+def _summaries(cells: dict, stats: tuple[str, ...]) -> dict:
+    """{f"{stat}_per_size", f"{stat}_mean"} for each stat, from "S->m" -> {stat: value} cells."""
+    out = {}
+    for st in stats:
+        summary = summarise({key: v[st] for key, v in cells.items()})
+        out[f"{st}_per_size"], out[f"{st}_mean"] = summary["per_size"], summary["mean"]
+    return out
+
+
 @torch.no_grad()
 def imputation_error(model, dataset, n_samples: int = 10, batch_size: int | None = 20_000) -> dict:
     """For every subset S and every observed m not in S: the error of n_samples imputations of x_m from x_S.
@@ -47,92 +74,74 @@ def imputation_error(model, dataset, n_samples: int = 10, batch_size: int | None
     """
     names = list(model.names)
     data = as_eval_data(dataset, names)
-    M, dev = len(names), model_device(model)
+    dev = module_device(model)
     stats = ("error", "error_of_mean", "spread")
-    cells: dict[str, dict[str, float]] = {}
-    for size, subsets in subsets_by_size(M, range(1, M)).items():
-        rows, sub = subset_rows(data.avail, subsets)
-        sums = torch.zeros(len(stats), len(subsets), M, dtype=torch.float64)
-        counts = torch.zeros(len(subsets), M, dtype=torch.float64)
-        for c in row_chunks(len(rows), batch_size and max(1, batch_size // n_samples)):
-            r, k = rows[c], sub[c]
-            x = gather_rows(data.data, r, dev)
-            gen = model.impute(x, targets=names, n_samples=n_samples, avail=subsets[k].to(dev))
-            for j, m in enumerate(names):
-                use = (~subsets[k, j]) & data.avail[r, j]  # m not in S, and its real value known
-                if not bool(use.any()):
-                    continue
-                out = gen[m] if n_samples > 1 else gen[m][None]  # [n, R, *shape]
-                true = x[m]
-                disc = _is_discrete(model, m) or not true.is_floating_point()
-                err = _error(out, true[None], disc, true.dim() - 1).mean(0)  # [R]
-                if disc:
-                    mean_imp = out.float().mode(0).values.to(true.dtype)
-                    spread = (out != out[:1]).float().flatten(2).mean((0, 2))  # disagreement with the first draw
-                else:
-                    mean_imp = out.float().mean(0)
-                    spread = out.float().std(0, unbiased=False).flatten(1).mean(1) if n_samples > 1 else \
-                        torch.zeros(out.shape[1], device=out.device)
-                err_mean = _error(mean_imp, true, disc, true.dim() - 1)
-                kk = k[use]
-                for s, v in enumerate((err, err_mean, spread)):
-                    sums[s, :, j].index_add_(0, kk, v[use.to(v.device)].double().cpu())
-                counts[:, j].index_add_(0, kk, torch.ones(len(kk), dtype=torch.float64))
-        for kk, s in enumerate(subsets):
-            for j, m in enumerate(names):
-                if not s[j] and counts[kk, j] > 0:
-                    cells[pair_key(s, m, names)] = {st: float(sums[i, kk, j] / counts[kk, j])
-                                                    for i, st in enumerate(stats)}
-    out = {"matrix": cells}
-    for st in ("error", "spread"):
-        summary = summarise({key: v[st] for key, v in cells.items()})
-        out[f"{st}_per_size"], out[f"{st}_mean"] = summary["per_size"], summary["mean"]
+    subsets = conditioning_subsets(len(names))  # [K, M]
+    sums = CellSums(subsets, names, stats)
+    for r, k in subset_batches(data.avail, subsets, batch_size and max(1, batch_size // n_samples)):  # [R], [R]
+        x = gather_rows(data.data, r, dev)
+        gen = model.impute(x, targets=names, n_samples=n_samples, avail=subsets[k].to(dev))
+        use = (~subsets[k]) & data.avail[r]  # [R, M]: m not in S, and its real value known
+        values = {st: torch.zeros(use.shape, dtype=torch.float64) for st in stats}  # stat -> [R, M]
+        for j, m in enumerate(names):
+            if not bool(use[:, j].any()):
+                continue
+            out = gen[m] if n_samples > 1 else gen[m][None]  # [n, R, *shape]
+            disc = _is_discrete(model, m) or not x[m].is_floating_point()
+            for st, v in zip(stats, _sample_stats(out, x[m], disc)):
+                values[st][:, j] = v.double().cpu()
+        sums.add(k, use, **values)
+    cells = sums.means()
+    out = {"matrix": cells, **_summaries(cells, ("error", "spread"))}
     out.update(n_samples=n_samples, n_tuples=len(data),
                error_metric={m: ("mismatch_rate" if _is_discrete(model, m) else "mse_per_dim") for m in names})
     return out
 
 
-def _mixture_log_q(z: Tensor, post) -> Tensor:
-    """log q(z | x_S) under the subset posterior's mixture.  z [K, B, D] -> [K, B]"""
-    lw = torch.log(post.weight.clamp_min(1e-30))  # [Ks, B]
-    comp = torch.stack([log_normal(z, post.mu[s], post.logvar[s]) for s in range(post.mu.shape[0])], 1)  # [K,Ks,B]
-    comp = torch.where(post.valid[None], comp + lw[None], -math.inf)
-    return torch.logsumexp(comp, 1)
-
-
 @torch.no_grad()
 def importance_terms(model, x: dict[str, Tensor], mask: Tensor, K: int) -> tuple[Tensor, Tensor]:
-    """One importance-sampling pass for rows observing `mask` [B, M].
+    """One importance-sampling pass with L = K draws for rows observing `mask` [B, M].
 
-    -> (log v [K, B]: the weights of the module docstring; log p(x_j | z_k, w_j,k) [K, B, M] for every modality j,
-    with w_j,k from q(w_j | x_j) for members of the row's subset and from p(w_j) otherwise). Entries of modalities a
-    row does not have are finite but meaningless.
+    -> (log v [L, B]: the weights of the module docstring; log p(x_j | z_l, w_j,l) [L, B, M] for every modality j,
+    with w_j,l from q(w_j | x_j) for members of the row's subset and from p(w_j) = N(0, I) otherwise). Entries of
+    modalities a row does not have are finite but meaningless.
     """
     x = {n: torch.nan_to_num(t) if t.is_floating_point() else t for n, t in x.items()}
     post, enc = model.posterior(x, mask)
-    z = post.sample_component(K)  # [K, B, Ds]
-    log_v = model.prior.log_prob(z, enc.experts) - _mixture_log_q(z, post)  # [K, B]
-    lls, ratios = [], []  # [K, B] per modality
+    z = post.sample_component(K)  # [L, B, Ds]
+    log_v = model.prior.log_prob(z, enc.experts) - post.log_prob(z)  # [L, B]
+    lls, ratios = [], []  # [L, B] per modality
     for j, name in enumerate(model.names):
-        member = mask[:, j]  # [B]
-        d = model.private_dims[name]
-        w, log_ratio = None, torch.zeros_like(log_v)
-        if d > 0:  # members: w ~ q(w | x_j) with weight p(w) / q(w); others: w ~ p(w) = N(0, I), weight 1
-            w_prior = torch.randn(K, mask.shape[0], d, device=z.device)
-            if name in enc.private:
-                mu, lv = enc.private[name]
-                w_post = mu + (0.5 * lv).exp() * torch.randn_like(w_prior)
-                w = torch.where(member[None, :, None], w_post, w_prior)
-                log_ratio = torch.where(member, log_normal(w, 0 * w, 0 * w) - log_normal(w, mu, lv), 0.0)
-            else:
-                w = w_prior
-        params = model.decode(name, z, w)  # [K, B, *out]
-        ll = model.modalities[name].likelihood.log_prob(params, x[name])  # [K, B]
-        lls.append(ll)
-        ratios.append(log_ratio)
-    ll, ratio = torch.stack(lls, -1), torch.stack(ratios, -1)  # [K, B, M]
+        w, log_ratio = _private_code(enc, name, mask[:, j], model.private_dims[name], K)
+        params = model.decode(name, z, w)  # [L, B, *out]
+        lls.append(model.modalities[name].likelihood.log_prob(params, x[name]))  # [L, B]
+        ratios.append(torch.zeros_like(log_v) if log_ratio is None else log_ratio)
+    ll, ratio = torch.stack(lls, -1), torch.stack(ratios, -1)  # [L, B, M]
     log_v = log_v + torch.where(mask[None], ll + ratio, 0.0).sum(-1)
     return log_v, ll
+
+
+def _private_code(enc, name: str, member: Tensor, d: int, L: int) -> tuple[Tensor | None, Tensor | None]:
+    """w_j for rows where j is in the subset (member [B]): w ~ q(w_j | x_j), weighted by p(w) / q(w); elsewhere
+    w ~ p(w) = N(0, I) with weight 1. -> (w [L, B, d] or None without a private latent, log weight [L, B] or None)"""
+    if d == 0:
+        return None, None
+    w_prior = torch.randn(L, member.shape[0], d, device=member.device)
+    if name not in enc.private:
+        return w_prior, None
+    mu, lv = enc.private[name]  # [B, d]
+    w = torch.where(member[None, :, None], rsample(mu, lv, L), w_prior)
+    return w, torch.where(member, log_std_normal(w) - log_normal(w, mu, lv), 0.0)
+
+
+def _conditional_terms(log_v: Tensor, ll: Tensor) -> tuple[Tensor, Tensor]:
+    """log p(x_m | x_S) (module docstring) and the expected NLL of x_m under q, from one importance pass.
+
+    log_v [L, B], ll [L, B, M] -> ([B, M] log sum_l v_l p(x_m | z_l, w_m,l) - log sum_l v_l, [B, M] -mean_l ll)
+    """
+    log_norm = torch.logsumexp(log_v, 0)  # [B]
+    cond = torch.logsumexp(log_v[..., None] + ll, 0) - log_norm[..., None]  # [B, M]
+    return cond, -ll.mean(0)
 
 
 @torch.no_grad()
@@ -143,34 +152,17 @@ def conditional_loglik(model, dataset, K: int = 100, batch_size: int | None = 20
     """
     names = list(model.names)
     data = as_eval_data(dataset, names)
-    M, dev = len(names), model_device(model)
+    dev = module_device(model)
     dims = {m: max(1, math.prod(model.modalities[m].shape or data.data[m].shape[1:])) for m in names}
-    cells = {}
-    for size, subsets in subsets_by_size(M, range(1, M)).items():
-        rows, sub = subset_rows(data.avail, subsets)
-        sums = torch.zeros(2, len(subsets), M, dtype=torch.float64)
-        counts = torch.zeros(len(subsets), M, dtype=torch.float64)
-        for c in row_chunks(len(rows), batch_size and max(1, batch_size // K)):
-            r, k = rows[c], sub[c]
-            x = gather_rows(data.data, r, dev)
-            mask = subsets[k].to(dev)
-            log_v, ll = importance_terms(model, x, mask, K)  # [K, B], [K, B, M]
-            log_norm = torch.logsumexp(log_v, 0)  # [B]
-            cond = torch.logsumexp(log_v[..., None] + ll, 0) - log_norm[..., None]  # [B, M]
-            nll = -ll.mean(0)  # [B, M]
-            use = (~subsets[k]) & data.avail[r]  # [B, M]: m not in S, and its real value known
-            sums[0].index_add_(0, k, torch.where(use, cond.double().cpu(), 0.0))
-            sums[1].index_add_(0, k, torch.where(use, nll.double().cpu(), 0.0))
-            counts.index_add_(0, k, use.double())
-        for kk, s in enumerate(subsets):
-            for j, m in enumerate(names):
-                if not s[j] and counts[kk, j] > 0:
-                    ll = float(sums[0, kk, j] / counts[kk, j])
-                    cells[pair_key(s, m, names)] = {"loglik": ll, "loglik_per_dim": ll / dims[m],
-                                                    "nll_per_dim": float(sums[1, kk, j] / counts[kk, j]) / dims[m]}
-    out = {"matrix": cells}
-    for st in ("loglik_per_dim", "nll_per_dim"):
-        summary = summarise({key: v[st] for key, v in cells.items()})
-        out[f"{st}_per_size"], out[f"{st}_mean"] = summary["per_size"], summary["mean"]
+    subsets = conditioning_subsets(len(names))  # [K, M]
+    sums = CellSums(subsets, names, ("loglik", "nll"))
+    for r, k in subset_batches(data.avail, subsets, batch_size and max(1, batch_size // K)):  # [B], [B]
+        x = gather_rows(data.data, r, dev)
+        log_v, ll = importance_terms(model, x, subsets[k].to(dev), K)  # [L, B], [L, B, M] with L = K samples
+        cond, nll = _conditional_terms(log_v, ll)  # [B, M], [B, M]
+        sums.add(k, (~subsets[k]) & data.avail[r], loglik=cond, nll=nll)  # m not in S, and its real value known
+    cells = {key: {"loglik": v["loglik"], "loglik_per_dim": v["loglik"] / dims[m], "nll_per_dim": v["nll"] / dims[m]}
+             for key, m, v in sums.items()}
+    out = {"matrix": cells, **_summaries(cells, ("loglik_per_dim", "nll_per_dim"))}
     out.update(K=K, n_tuples=len(data))
     return out

@@ -12,7 +12,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from .subset_batches import as_eval_data, gather_rows, model_device, subset_key, subsets_by_size
+from ..devices import module_device
+from .subset_batches import as_eval_data, gather_rows, subset_key, subsets_by_size
 
 
 def _save(fig: Figure, path) -> Path:
@@ -57,7 +58,7 @@ def generation_grid(model, dataset, path, n_tuples: int = 4, subsets: Tensor | N
     n = len(pick)
     subsets = default_grid_subsets(len(names)) if subsets is None else subsets.bool()
     K = len(subsets)
-    dev = model_device(model)
+    dev = module_device(model)
     rows = pick.repeat(K)  # [K * n], subset-major
     mask = subsets.repeat_interleave(n, 0)  # [K * n, M]
     gen = model.impute(gather_rows(data.data, rows, dev), targets=names, avail=mask.to(dev))
@@ -105,7 +106,7 @@ def latent_map(model, dataset, path, n: int = 1000, seed: int = 0) -> Path:
     data = as_eval_data(dataset, names)
     data = data.take(data.avail.all(1).nonzero().squeeze(1))
     data = as_eval_data(data, names, n=n, seed=seed)
-    dev = model_device(model)
+    dev = module_device(model)
     N, M = len(data), len(names)
     subsets = torch.cat([torch.ones(1, M, dtype=torch.bool), torch.eye(M, dtype=torch.bool)])  # [M + 1, M]
     rows = torch.arange(N).repeat(M + 1)

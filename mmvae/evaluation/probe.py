@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .subset_batches import (as_eval_data, gather_rows, model_device, row_chunks, subset_key, subset_rows,
-                             subsets_by_size)
+from ..devices import module_device
+from .subset_batches import as_eval_data, gather_rows, row_chunks, subset_key, subset_rows, subsets_by_size
 
 
 def fit_logistic(x: Tensor, y: Tensor, num_classes: int | None = None, C: float = 1.0, max_iter: int = 500,
@@ -108,7 +108,7 @@ def linear_probes(train: list[tuple[Tensor, Tensor]], test: list[tuple[Tensor, T
 @torch.no_grad()
 def _experts_all(model, data, batch_size: int | None):
     """Every tuple encoded once with what it observed: (mu, logvar) [M, N, Ds] and private means name -> [N, Dm]."""
-    dev = model_device(model)
+    dev = module_device(model)
     mus, lvs, priv = [], [], {}
     for c in row_chunks(len(data), batch_size):
         x, avail = model.check(gather_rows(data.data, torch.arange(c.start, c.stop), dev), data.avail[c].to(dev))
@@ -129,7 +129,7 @@ def subset_embeddings(model, data, sizes=None, batch_size: int | None = 20_000) 
     same numbers as `embed(x[rows], avail=subset)`, without encoding a tuple once per subset); anything else is
     asked through `embed`.
     """
-    names, dev = list(model.names), model_device(model)
+    names, dev = list(model.names), module_device(model)
     fast = hasattr(model, "encode") and hasattr(model, "aggregator") and hasattr(model, "check")
     if fast:
         from ..gaussian import Experts
@@ -176,7 +176,7 @@ def latent_classification(model, train, test, n_train: int | None = 10_000, seed
     te = as_eval_data(test, names)
     if tr.labels is None or te.labels is None:
         raise ValueError("latent classification needs class labels in both the training and the test data")
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = torch.device(device) if device is not None else module_device(model)
     K = tr.num_classes or int(max(tr.labels.max(), te.labels.max())) + 1
     emb_tr, emb_te = subset_embeddings(model, tr, batch_size=batch_size), subset_embeddings(model, te,
                                                                                             batch_size=batch_size)

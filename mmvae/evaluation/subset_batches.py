@@ -3,12 +3,12 @@
 Evaluators never loop over samples: for a subset size s, the C(M, s) subsets and the N tuples become one batch of
 [C(M, s) * N] rows (the tuples repeated once per subset), each row with its own availability mask, so a single
 call of a model verb (`impute`, `embed`, `posterior`) handles every subset of that size at once. `max_rows` only
-splits that batch into chunks to bound memory.
+splits that batch into chunks to bound memory; `subset_batches` walks every size's chunks.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ class EvalData:
     def __len__(self) -> int:
         return self.avail.shape[0]
 
-    def take(self, idx: Tensor) -> "EvalData":
+    def take(self, idx: Tensor) -> EvalData:
         """The rows idx [n] as a new EvalData."""
         return EvalData({k: v[idx] for k, v in self.data.items()}, self.avail[idx], self.names,
                         None if self.labels is None else self.labels[idx],
@@ -113,24 +113,27 @@ def row_chunks(n_rows: int, max_rows: int | None) -> Iterator[slice]:
         yield slice(lo, min(lo + step, n_rows))
 
 
+def conditioning_subsets(M: int) -> Tensor:
+    """Every subset S with 1 <= |S| <= M - 1 (those that leave a modality to generate), in all_subsets' order (by
+    size, so the same order as subsets_by_size(M, range(1, M)) concatenated).  -> [K, M] bool"""
+    subsets = all_subsets(M)
+    return subsets[subsets.sum(1) < M]
+
+
+def subset_batches(avail: Tensor, subsets: Tensor, max_rows: int | None) -> Iterator[tuple[Tensor, Tensor]]:
+    """The (subset, tuple) rows of every subset size in turn (ascending), in chunks of at most max_rows rows.
+
+    avail [N, M], subsets [K, M] -> yields (tuple index [R], subset index [R] into `subsets`): for each size s, the
+    rows of subset_rows(avail, subsets of size s) (subset-major), split by row_chunks; a chunk never mixes sizes.
+    """
+    sizes = subsets.sum(1)  # [K]
+    for size in sizes.unique(sorted=True).tolist():
+        index = (sizes == size).nonzero().squeeze(1)  # [K_s]: which of `subsets` have this size
+        rows, sub = subset_rows(avail, subsets[index])  # [R], [R] (indices into subsets[index])
+        for c in row_chunks(len(rows), max_rows):
+            yield rows[c], index[sub[c]]
+
+
 def gather_rows(data: dict[str, Tensor], rows: Tensor, device) -> dict[str, Tensor]:
     """data[name][rows] on `device` for every modality.  -> name -> [R, *shape]"""
     return {k: v[rows].to(device, non_blocking=True) for k, v in data.items()}
-
-
-def model_device(model) -> torch.device:
-    """The model's device; CPU for stubs without parameters."""
-    dev = getattr(model, "device", None)
-    if dev is not None:
-        return torch.device(dev)
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

@@ -116,7 +116,7 @@ def test_incompatible_configuration_says_what_differs(trained):
 def test_compatible_but_different_configuration_warns_on_resume(trained, tmp_path):
     run, _, data = trained
     model = toy_model(data, "mopoe", shared_dim=2, beta=0.5)
-    with pytest.warns(UserWarning, match=r"different model configuration: beta: checkpoint 1.0, model 0.5"):
+    with pytest.warns(UserWarning, match=r"different model configuration: objective.beta: checkpoint 1.0, model 0.5"):
         Trainer(model, max_epochs=2, batch_size=16, progress=False, device="cpu", resume=run,
                 out=tmp_path).fit(data)
 

@@ -1,5 +1,5 @@
-"""The run folder's text files: `config.json`, `metrics.jsonl`, `metrics.csv` and `train.log` (and TensorBoard
-event files under `tensorboard/` when the `tensorboard` package is installed).
+"""A run folder: its checkpoints (`last.pt`, `best.pt`), `config.json`, `metrics.jsonl`, `metrics.csv` and
+`train.log` (and TensorBoard event files under `tensorboard/` when the `tensorboard` package is installed).
 
 Metrics files are rewritten from the whole history each epoch (a few lines), so after a resume they match the
 checkpoint's history instead of holding epochs that the resumed run repeats.
@@ -13,6 +13,8 @@ import math
 import os
 import time
 from pathlib import Path
+
+from .checkpoint import TrainingState, remove_stale_temporaries, save_checkpoint
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -29,8 +31,9 @@ def _json_safe(value):
     return value
 
 
-class RunLog:
-    """Writes one run folder. Only the process that owns the folder (rank 0) should hold one."""
+class RunFolder:
+    """One run's files: checkpoints, config, metrics and log. Only the process that owns the folder (rank 0) holds
+    one; every write replaces its file atomically."""
 
     def __init__(self, folder: str | os.PathLike, tensorboard: bool = True):
         self.folder = Path(folder)
@@ -72,3 +75,25 @@ class RunLog:
         """Append a time-stamped line to `train.log` (warnings, interruptions, resumes)."""
         with open(self.path("train.log"), "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def start(self, config: dict, note: str | None = None) -> None:
+        """Begin (or resume) a run here: clear partial files of a killed writer, write `config.json`, log `note`."""
+        self.remove_stale_temporaries()
+        self.write_config(config)
+        if note:
+            self.note(note)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the partial checkpoint files of a process killed while writing one, and say so in `train.log`."""
+        stale = remove_stale_temporaries(self.folder)
+        if stale:
+            self.note(f"removed {len(stale)} partial checkpoint file(s) of an interrupted write: "
+                      f"{', '.join(p.name for p in stale)}")
+        return stale
+
+    def save(self, names: list[str], state: TrainingState) -> Path:
+        """Write `state` atomically to each of `names` (e.g. `last.pt`, `best.pt`); the path of the first."""
+        data = state.to_dict()
+        for name in names:
+            save_checkpoint(self.path(name), data)
+        return self.path(names[0])

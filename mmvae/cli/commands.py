@@ -1,0 +1,202 @@
+"""The subcommands: for each, `add_<name>_arguments(parser)` and `<name>(args) -> exit code`; `COMMANDS` lists them.
+Heavy imports (torch, the models) wait until a command runs, so `mmvae --help` is quick."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from .options import BY_NAME, add_options, defaults, settings
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """`mmvae train`: every option of the table, plus where the run lives."""
+    run = p.add_argument_group("the run")
+    run.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
+    run.add_argument("--config", type=Path, metavar="FILE", help="TOML (or .json) file of settings; read as data, "
+                     "never executed; the command line wins")
+    run.add_argument("--resume", type=Path, metavar="PATH", help="checkpoint or run folder to continue from")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_options(p.add_argument_group("settings (each also a --config key, e.g. batch_size = 64)"))
+
+
+def run_training(cfg: dict, out: Path, resume: Path | None = None, quiet: bool = False) -> int:
+    """Train the preset `cfg["model"]` on `cfg["dataset"]` with the settings `cfg` (all keys of `defaults()`)
+    into the run folder `out`; 130 if interrupted, else 0."""
+    import torch
+
+    from ..datasets import get_dataset
+    from ..models import build
+    from ..trainer import Trainer
+
+    train_set = get_dataset(cfg["dataset"], "train", seed=cfg["seed"])
+    if cfg["drop_rate"]:
+        train_set = train_set.drop(cfg["drop_rate"], seed=cfg["seed"])
+    val_set = get_dataset(cfg["dataset"], "test", seed=cfg["seed"])
+    overrides = {k: cfg[k] for k in ("shared_dim", "private_dim", "beta") if cfg[k] is not None}
+    torch.manual_seed(cfg["seed"])  # the initial weights follow the seed too
+    model = build(cfg["model"], train_set, **overrides)
+    trainer = Trainer(model, max_epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                      device=cfg["device"], seed=cfg["seed"], out=out, amp=cfg["amp"], resume=resume,
+                      progress=not quiet, max_nonfinite=cfg["max_nonfinite"],
+                      extra_config={"dataset": {"name": cfg["dataset"], "seed": cfg["seed"]}, "preset": cfg["model"],
+                                    "settings": cfg})
+    history = trainer.fit(train_set, val=val_set)
+    if getattr(trainer, "interrupted", False):
+        return 130
+    if history:
+        last = history[-1]
+        print(f"trained {cfg['model']} on {cfg['dataset']}: epoch {last['epoch']}, "
+              f"val/loss {last.get('val/loss', float('nan')):.2f}; run folder {out}")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    """`mmvae train`: defaults < `--config` < command line, checked, then trained into `--out`."""
+    return run_training(settings(args), args.out, resume=args.resume, quiet=args.quiet)
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """`mmvae evaluate RUN`."""
+    p.add_argument("run", type=Path, help="run folder to evaluate")
+    p.add_argument("--metrics", metavar="LIST",
+                   help="comma list of coherence,latent,imputation,disentanglement (default: all)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="folder for report.md and metrics.json (default: the run folder)")
+    p.add_argument("--device", default="auto", help=f"{BY_NAME['device'].help} (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the evaluation (default: %(default)s)")
+    p.add_argument("--n-test", dest="n_test", type=int, metavar="N", help="evaluate on the first N test tuples")
+    p.add_argument("--quick", action="store_true", help="fewer samples: a fast look, not numbers to publish")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="an evaluation setting, e.g. --set loglik_K=20 --set probe_n_train=500")
+
+
+def _evaluation_settings(args: argparse.Namespace) -> dict:
+    """The keyword options of `evaluate_run` from `--metrics` and each `--set KEY=VALUE` (a JSON value, else text)."""
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    kw = {"metrics": metrics} if metrics else {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        try:
+            kw[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kw[key] = value
+    return kw
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """`mmvae evaluate`: the metrics of a run, written as report.md and metrics.json."""
+    from ..evaluation import evaluate_run
+
+    result = evaluate_run(args.run, out=args.out, device=args.device, seed=args.seed, n_test=args.n_test,
+                          quick=args.quick, **_evaluation_settings(args))
+    print(f"wrote {Path(args.out or args.run) / 'report.md'} and metrics.json "
+          f"({result.get('time_s', float('nan')):.1f} s)")
+    return 0
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    """`mmvae compare RUN [RUN ...]`."""
+    p.add_argument("runs", type=Path, nargs="+", help="run folders")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), metavar="DIR",
+                   help="output folder (default: %(default)s)")
+    p.add_argument("--device", default="auto", help=f"{BY_NAME['device'].help} (default: %(default)s)")
+
+
+def compare(args: argparse.Namespace) -> int:
+    """`mmvae compare`: several runs side by side in compare.md."""
+    from ..evaluation import compare_runs
+
+    compare_runs(args.runs, out=args.out, device=args.device)
+    print(f"wrote {Path(args.out) / 'compare.md'}")
+    return 0
+
+
+def add_impute_arguments(p: argparse.ArgumentParser) -> None:
+    """`mmvae impute CHECKPOINT --input IN.npz --out OUT.npz`."""
+    p.add_argument("checkpoint", type=Path, help="checkpoint or run folder")
+    p.add_argument("--input", type=Path, required=True, metavar="FILE", help=".npz with one array per modality")
+    p.add_argument("--targets", metavar="LIST", help="comma list; default: every modality with something missing")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help=".npz to write")
+    p.add_argument("--n-samples", dest="n_samples", type=int, default=1, metavar="N",
+                   help="average of this many imputations (default: %(default)s)")
+
+
+def impute(args: argparse.Namespace) -> int:
+    """`mmvae impute`: fill the missing modalities of a .npz file."""
+    from ..impute_file import impute_npz
+
+    report = impute_npz(args.checkpoint, args.input, args.out, args.targets.split(",") if args.targets else None,
+                        n_samples=args.n_samples)
+    print(f"wrote {args.out}: imputed {report['imputed']} entries")
+    if report["empty_rows"]:
+        print(f"rows with no observed modality, left unfilled (NaN): {report['empty_rows']}", file=sys.stderr)
+    return 0
+
+
+#: how `demo` departs from the train defaults
+DEMO = {"dataset": "polydigits", "epochs": 10}
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """`mmvae demo`: a few train options (the rest at their defaults), and where to write."""
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
+                   help="run folder (default: %(default)s)")
+    add_options(p, ("model", "epochs", "seed", "device"), shown=DEMO)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _demo_impute(out: Path, seed: int) -> None:
+    """Impute m1.. of 16 PolyDigits test tuples from m0 alone, as `mmvae impute` does for user files."""
+    import numpy as np
+
+    from ..datasets import get_dataset
+    from ..impute_file import impute_npz
+
+    test = get_dataset("polydigits", "test", seed=seed)
+    arrays = {n: t[:16].numpy().copy() for n, t in test.data.items()}
+    for n in test.modalities[1:]:
+        arrays[n][:] = np.nan
+    np.savez(out / "demo_input.npz", **arrays)
+    report = impute_npz(out, out / "demo_input.npz", out / "demo_imputed.npz")
+    print(f"imputed {report['targets']} for 16 test tuples from m0 alone: {out / 'demo_imputed.npz'}")
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Train MoPoE on PolyDigits, impute, evaluate and write the report: the README's first command."""
+    start = time.time()
+    cfg = settings(args, base=defaults() | DEMO)
+    code = run_training(cfg, args.out, quiet=args.quiet)
+    if code:
+        return code
+    from ..evaluation import evaluate_run
+
+    _demo_impute(args.out, cfg["seed"])
+    result = evaluate_run(args.out, device=cfg["device"], quick=True)
+    print(f"report: {args.out / 'report.md'}  (total {time.time() - start:.0f} s)")
+    coh = result.get("coherence", {})
+    if "mean" in coh:
+        print(f"conditional coherence (mean over subsets): {coh['mean']:.3f}")
+    return 0
+
+
+class Command(NamedTuple):
+    """A subcommand: its one-line help, what it adds to its parser, and what it runs."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS = {
+    "train": Command("train a model; writes checkpoints and logs to --out", add_train_arguments, train),
+    "evaluate": Command("coherence, latent probe, imputation, disentanglement; writes report.md",
+                        add_evaluate_arguments, evaluate),
+    "compare": Command("several runs side by side: compare.md and a coherence plot", add_compare_arguments, compare),
+    "impute": Command("fill missing modalities of a .npz (NaN rows or absent arrays)", add_impute_arguments, impute),
+    "demo": Command("train MoPoE on PolyDigits, impute, evaluate, write a report", add_demo_arguments, demo),
+}

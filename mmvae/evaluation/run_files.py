@@ -1,0 +1,72 @@
+"""The files of a run folder that evaluation reads and writes: config.json, metrics.jsonl, the cached coherence
+classifiers in classifiers/, and JSON-safe results."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, InputError
+from .classifiers import classifiers_match, load_classifiers, save_classifiers, train_classifiers
+
+CLASSIFIER_DIR = "classifiers"
+
+
+def json_safe(obj):
+    """JSON-safe copy: non-finite floats become None, tuples lists, tensors numbers."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return json_safe(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    """obj (already JSON-safe) to path, indented, with a final newline."""
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def read_run_config(run_dir) -> dict:
+    """The run folder's config.json (an empty dict if there is none)."""
+    path = Path(run_dir) / "config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_history(run_dir) -> list[dict]:
+    """The run's metrics.jsonl as a list of per-epoch dicts (empty when absent)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def dataset_spec(config: dict) -> tuple[str, dict]:
+    """(name, keyword options) of the dataset named in a run config: "dataset": {"name": ..., ...} or a name."""
+    spec = config.get("dataset")
+    if spec is None:
+        raise InputError("the run's config.json names no dataset (key 'dataset'); cannot evaluate it")
+    if isinstance(spec, str):
+        return spec, {}
+    spec = dict(spec)
+    return spec.pop("name"), spec
+
+
+def get_classifiers(run_dir, train, test, device, epochs: int, seed: int) -> tuple[dict, bool]:
+    """Cached classifiers from run_dir/classifiers when they were trained on exactly this data, else new ones
+    (trained, then saved there). -> (classifiers, reused)"""
+    folder = Path(run_dir) / CLASSIFIER_DIR
+    try:
+        cached = load_classifiers(folder, map_location=device)
+    except CheckpointError:  # written by another version of the classifiers: retrain and overwrite
+        cached = None
+    if classifiers_match(cached, train):
+        return cached, True
+    clfs = train_classifiers(train, test, epochs=epochs, device=device, seed=seed)
+    save_classifiers(clfs, folder)
+    return clfs, False

@@ -1,0 +1,44 @@
+"""What `evaluate_run` computes and how hard it tries: the metric names and the full and quick settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from ..errors import InputError
+
+METRICS = ("coherence", "latent", "imputation", "disentanglement")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Sample sizes and thresholds of one evaluation; the defaults are the full settings (numbers to publish)."""
+
+    classifier_epochs: int = 10  # training epochs of each coherence classifier
+    min_accuracy: float = 0.8  # coherence is refused when a classifier's test accuracy is below this
+    coherence_samples: int = 1  # generations per (S, tuple) in conditional coherence
+    joint_samples: int = 1000  # prior samples in joint coherence
+    probe_n_train: int = 10_000  # training tuples of the linear probe
+    imputation_samples: int = 10  # imputations per (S, tuple)
+    imputation_n_tuples: int = 1000  # test tuples the imputation metrics use
+    loglik_K: int = 50  # importance samples of log p(x_m | x_S)
+    batch_rows: int | None = None  # rows per model call; None: 200k on CUDA, 20k on CPU
+    plot_tuples: int = 4  # tuples in the cross-generation grid
+    map_points: int = 1000  # points in the latent map
+
+    @classmethod
+    def full(cls) -> EvalSettings:
+        """The settings of `mmvae evaluate`."""
+        return cls()
+
+    @classmethod
+    def quick(cls) -> EvalSettings:
+        """Fewer samples (`mmvae demo`, `--quick`): a fast look, not numbers to publish."""
+        return cls(classifier_epochs=5, joint_samples=500, probe_n_train=2000, imputation_samples=5,
+                   imputation_n_tuples=200, loglik_K=10, map_points=500)
+
+    def override(self, **changes) -> EvalSettings:
+        """A copy with `changes` applied; InputError naming any key that is not a setting."""
+        known = [f.name for f in fields(self)]
+        bad = set(changes) - set(known)
+        if bad:
+            raise InputError(f"unknown evaluation setting(s) {sorted(bad)}; known: {sorted(known)}")
+        return replace(self, **changes)
