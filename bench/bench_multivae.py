@@ -40,11 +40,10 @@ from mmvae.objectives import OBJECTIVES
 try:
     import multivae
     from multivae.data.datasets.base import MultimodalBaseDataset
-    from multivae.models import (MMVAE, MVAE, MMVAEConfig, MMVAEPlus, MMVAEPlusConfig, MoPoE, MoPoEConfig,
-                                 MVAEConfig)
+    from multivae.models import MMVAE, MVAE, MMVAEConfig, MMVAEPlus, MMVAEPlusConfig, MoPoE, MoPoEConfig, MVAEConfig
     from multivae.models.nn import BaseMultilatentEncoder
     from pythae.models.base.base_utils import ModelOutput as PythaeOutput
-    from pythae.models.nn.base_architectures import BaseDecoder, BaseEncoder
+    from pythae.models.nn.base_architectures import BaseDecoder
 except ImportError as err:  # pragma: no cover - the bench is useless without it
     sys.exit(f"bench_multivae needs the `multivae` package ({err}); see bench/README.md")
 
@@ -146,7 +145,7 @@ def build_pair(kind: str, nets: dict, shape, args) -> Pair:
     encoders = {n: WrappedEncoder(e, Ds, Dp) for n, (e, _) in theirs_nets.items()}
     decoders = {n: WrappedDecoder(d) for n, (_, d) in theirs_nets.items()}
     common = dict(n_modalities=M, latent_dim=Ds, input_dims={n: tuple(shape) for n in names},
-                  decoders_dist={n: "laplace" for n in names},
+                  decoders_dist=dict.fromkeys(names, "laplace"),
                   decoder_dist_params={n: {"scale": LAPLACE_SCALE} for n in names})
     iw_name, mv_loss = ("dreg", "dreg_looser") if args.loss == "dreg" else ("iwae", "iwae_looser")
     if kind == "mopoe":
@@ -365,7 +364,7 @@ def table(results: list[dict], memory_kind: str) -> str:
         mem = f"{r['memory_ratio']:.2f}" if r["memory_ratio"] is not None else "n/a"
         lines.append(
             f"{r['model']:<10} {r['batch_size']:>4} {r['time_ratio']:>10.2f} "
-            f"{'[' + format(r['time_ratio_range'][0], '.2f') + ',' + format(r['time_ratio_range'][1], '.2f') + ']':>13} "
+            f"{'[{:.2f},{:.2f}]'.format(*r['time_ratio_range'][:2]):>13} "
             f"{1e3 * r['step_s']['mmvae']:>9.1f} {1e3 * r['step_s']['multivae']:>11.1f} {mem:>9} "
             f"{str(c['mmvae']['decoder_calls']) + '/' + str(c['multivae']['decoder_calls']):>9} "
             f"{str(c['mmvae']['decoder_rows']) + '/' + str(c['multivae']['decoder_rows']):>13} "

@@ -6,8 +6,9 @@ from mmvae.networks import ConvDecoder, ConvEncoder
 train, test = PolyDigits(split="train"), PolyDigits(split="test")
 D = 16  # shared latent size
 model = MultimodalVAE(
-    modalities={name: Modality(encoder=ConvEncoder(train.shapes[name], 2 * D), decoder=ConvDecoder(D, train.shapes[name]),
-                               likelihood="laplace") for name in train.modalities},
+    modalities={name: Modality(encoder=ConvEncoder(train.shapes[name], 2 * D),
+                               decoder=ConvDecoder(D, train.shapes[name]), likelihood="laplace")
+                for name in train.modalities},
     shared_dim=D, private_dim=0,          # private_dim may also be a dict per modality
     aggregator="mopoe",                   # "poe" | "moe" | "mopoe" | "avg" | "none"
     beta=1.0,

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
-from .registry import from_spec
 from .gaussian import Experts, SubsetPosterior
+from .registry import from_spec
 
 
 def all_subsets(M: int) -> Tensor:
@@ -46,6 +46,7 @@ class Aggregator:
     stratify = True  # decode every subset (True) or one subset drawn per sample (False)
 
     def subsets(self, M: int) -> Tensor:  # [K, M] bool
+        """The subsets this aggregator builds posteriors for.  # [K, M] bool"""
         raise NotImplementedError
 
     def fuse(self, w: Tensor, experts: Experts) -> tuple[Tensor, Tensor]:
@@ -61,6 +62,7 @@ class Aggregator:
         return cache[key]
 
     def __call__(self, experts: Experts) -> SubsetPosterior:
+        """q(z | x_S) for every subset and sample: the [K, M] mask restricted to what each sample observed."""
         M = experts.mu.shape[0]
         S = self.mask(M, experts.mu.device)  # [K, M]
         avail = experts.avail  # [B, M]
@@ -78,6 +80,7 @@ class Aggregator:
         return SubsetPosterior(mu, logvar, w, weight, S)
 
     def config(self) -> dict:
+        """The spec that rebuilds this aggregator (`make_aggregator(config())`)."""
         return {"name": self.name}
 
 
@@ -111,6 +114,7 @@ class PoE(Aggregator):
             self.combine, self.reconstruct = "sum", "members"
 
     def subsets(self, M):
+        """The joint subset; with it each single modality (joint+unimodal), or every subset (all).  # [K, M]"""
         joint = torch.ones(1, M, dtype=torch.bool)
         if self.subsets_kind == "joint":
             return joint
@@ -119,9 +123,11 @@ class PoE(Aggregator):
         return all_subsets(M)
 
     def fuse(self, w, experts):
+        """Product of the selected experts (with the N(0, I) expert if prior_expert)."""
         return _poe(w, experts, self.prior_expert)
 
     def config(self):
+        """The spec that rebuilds this aggregator (`make_aggregator(config())`)."""
         return {"name": self.name, "prior_expert": self.prior_expert, "subsets": self.subsets_kind}
 
 
@@ -136,6 +142,7 @@ class MoPoE(PoE):
         super().__init__(prior_expert, subsets="all")
 
     def config(self):
+        """The spec that rebuilds this aggregator (`make_aggregator(config())`)."""
         return {"name": self.name, "prior_expert": self.prior_expert}
 
 
@@ -146,9 +153,11 @@ class MoE(Aggregator):
     restrict = "contain"
 
     def subsets(self, M):
+        """Each modality alone.  # [M, M] bool"""
         return torch.eye(M, dtype=torch.bool)
 
     def fuse(self, w, experts):
+        """Each expert as it is; zeros for subsets a sample did not observe."""
         valid = w.any(-1, keepdim=True)  # [K=M, B, 1]
         return (torch.where(valid, experts.mu, 0.0), torch.where(valid, experts.logvar, 0.0))
 
@@ -166,9 +175,11 @@ class AVG(Aggregator):
     name = "avg"
 
     def subsets(self, M):
+        """The one joint subset.  # [1, M] bool"""
         return torch.ones(1, M, dtype=torch.bool)
 
     def fuse(self, w, experts):
+        """mu = mean of the selected experts' means, var = mean of their variances."""
         wf = w.to(experts.mu.dtype)
         n = wf.sum(-1, keepdim=True).clamp_min(1.0)  # [K, B, 1]
         mu = torch.einsum("kbm,mbd->kbd", wf, experts.mu) / n

@@ -52,6 +52,7 @@ class Experts:
 
     @property
     def members(self) -> Tensor:  # [M, B, M]: expert m is the subset {m}
+        """Expert m as the subset {m}, where observed.  # [M, B, M] bool"""
         M = self.mu.shape[0]
         eye = torch.eye(M, dtype=torch.bool, device=self.mu.device)
         return eye[:, None, :] & self.avail[None]
@@ -69,6 +70,7 @@ class SubsetPosterior:
 
     @property
     def valid(self) -> Tensor:  # [K, B]
+        """Which subsets each sample can use.  # [K, B] bool"""
         return self.weight > 0
 
     def log_prob(self, z: Tensor, detach: bool = False) -> Tensor:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .loading import load
 from .validation import observed_rows
 
 
@@ -52,8 +53,6 @@ def read_npz(path: Path, names: list[str]) -> dict[str, np.ndarray]:
 def impute_npz(checkpoint: Path, src: Path, dst: Path, targets: list[str] | None = None, n_samples: int = 1,
                batch_size: int = 512) -> dict:
     """Write `dst` with every modality completed; rows with nothing observed stay NaN and are reported."""
-    from . import load
-
     model = load(checkpoint)
     arrays = read_npz(src, model.names)
     N = next(iter(arrays.values())).shape[0]

@@ -22,6 +22,7 @@ class Likelihood(nn.Module):
     discrete = False  # True: data are integer tokens and the decoder adds a trailing class dim
 
     def dist(self, params: Tensor, event_dims: int) -> pdist.TorchDistribution:
+        """The Pyro distribution of x given decoder output `params`, with `event_dims` trailing event dims."""
         raise NotImplementedError
 
     def log_prob(self, params: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -37,9 +38,11 @@ class Likelihood(nn.Module):
     def check(self, x: Tensor, modality: str) -> None:
         """Raise InputError if x is not valid data for this likelihood (dtype, range)."""
         if not torch.is_floating_point(x):
-            raise InputError(f"modality {modality!r}: {self.name} likelihood expects floating-point data, got {x.dtype}")
+            raise InputError(f"modality {modality!r}: {self.name} likelihood expects floating-point data, "
+                             f"got {x.dtype}")
 
     def config(self) -> dict:
+        """The spec that rebuilds this likelihood (`make_likelihood(config())`)."""
         return {"name": self.name}
 
 
@@ -95,9 +98,8 @@ class _UnitInterval(Likelihood):
         super().check(x, modality)
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
-            raise InputError(
-                f"modality {modality!r}: {self.name} likelihood expects values in [0, 1], got range [{lo:.3g}, {hi:.3g}]"
-            )
+            raise InputError(f"modality {modality!r}: {self.name} likelihood expects values in [0, 1], got range "
+                             f"[{lo:.3g}, {hi:.3g}]")
 
 
 class Bernoulli(_UnitInterval):
@@ -115,6 +117,7 @@ class ContinuousBernoulli(_UnitInterval):
     family = pdist.ContinuousBernoulli
 
     def mean(self, params):
+        """The continuous-Bernoulli mean, stable near logit 0 (its limit there is 1/2)."""
         # the CB mean is numerically unstable near logit 0; its limit there is 1/2
         return self.dist(params.float().clamp(-30, 30), 0).mean.to(params.dtype)
 
@@ -130,12 +133,15 @@ class Categorical(Likelihood):
         self.num_classes = num_classes
 
     def dist(self, params, event_dims):
+        """The Pyro distribution of x given decoder output `params`, with `event_dims` trailing event dims."""
         return pdist.Categorical(logits=params, validate_args=False).to_event(event_dims)
 
     def mean(self, params):
+        """The most likely token (the mode): argmax of the logits."""
         return params.argmax(-1)
 
     def check(self, x, modality):
+        """InputError unless x holds integer tokens in [0, num_classes)."""
         if torch.is_floating_point(x) or x.dtype == torch.bool:
             raise InputError(f"modality {modality!r}: categorical likelihood expects integer tokens, got {x.dtype}")
         lo, hi = int(x.min()), int(x.max())
@@ -145,6 +151,7 @@ class Categorical(Likelihood):
             )
 
     def config(self):
+        """The spec that rebuilds this likelihood (`make_likelihood(config())`)."""
         return {"name": self.name, "num_classes": self.num_classes}
 
 

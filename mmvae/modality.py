@@ -44,12 +44,14 @@ class Modality(nn.Module):
         return out.chunk(2, dim=-1)
 
     def config(self) -> dict:
+        """The JSON spec of this modality (networks as their recorded specs, None when custom)."""
         spec = lambda net: getattr(net, "spec", None)  # noqa: E731
         return {"encoder": spec(self.encoder), "decoder": spec(self.decoder), "likelihood": self.likelihood.config(),
                 "shape": list(self.shape) if self.shape else None, "weight": self.weight}
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "Modality":
+    def from_config(cls, cfg: dict) -> Modality:
+        """A modality rebuilt from `config()`; InputError when it was built with custom networks."""
         if cfg["encoder"] is None or cfg["decoder"] is None:
             raise InputError("this modality was built with custom networks; pass `modalities=` to rebuild the model")
         return cls(build_network(cfg["encoder"]), build_network(cfg["decoder"]), cfg["likelihood"],

@@ -102,13 +102,13 @@ class MultimodalVAE(nn.Module):
             D = Ds + self.private_dims[name]
             if name in x and observed[i]:
                 idx = None if complete[i] else avail[:, i].nonzero().squeeze(1)
-                m, l = self.modalities[name].encode(x[name] if idx is None else x[name].index_select(0, idx))
+                m, v = self.modalities[name].encode(x[name] if idx is None else x[name].index_select(0, idx))
                 if m.shape[-1] != D:  # checked before index_copy, which would fail with a RuntimeError
                     raise InputError(f"modality {name!r}: encoder gives {m.shape[-1]} posterior means, expected "
                                      f"shared_dim + private_dim = {D}")
-                m, l = m.float(), soft_clamp_logvar(l.float())
-                mu, lv = (m, l) if idx is None else (m.new_zeros(B, D).index_copy(0, idx, m),
-                                                     l.new_zeros(B, D).index_copy(0, idx, l))
+                m, v = m.float(), soft_clamp_logvar(v.float())  # [B', D]: the observed rows only
+                mu, lv = (m, v) if idx is None else (m.new_zeros(B, D).index_copy(0, idx, m),
+                                                     v.new_zeros(B, D).index_copy(0, idx, v))
             else:
                 mu = lv = torch.zeros(B, D, device=avail.device)
             mus.append(mu[:, :Ds])
@@ -238,7 +238,7 @@ class MultimodalVAE(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, cfg: dict | str, modalities: dict[str, Modality] | None = None) -> "MultimodalVAE":
+    def from_config(cls, cfg: dict | str, modalities: dict[str, Modality] | None = None) -> MultimodalVAE:
         """Rebuild a model from `config()` (a dict or its JSON); pass `modalities` if they hold custom networks."""
         cfg = json.loads(cfg) if isinstance(cfg, str) else dict(cfg)
         mods = modalities or {n: Modality.from_config(c) for n, c in cfg.pop("modalities").items()}

@@ -13,7 +13,8 @@ class _Recorded(nn.Module):
     """Keeps the constructor's arguments as a JSON-able `spec`."""
 
     def _record(self, **kwargs):
-        self.spec = {"type": type(self).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
+        self.spec = {"type": type(self).__name__,
+                     **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -36,6 +37,7 @@ class MLPEncoder(_Recorded):
         self.net = _mlp([n_in, *hidden, out_dim])
 
     def forward(self, x: Tensor) -> Tensor:
+        """x [B, *in_shape] (tokens embedded first) -> [B, out_dim]."""
         if self.embed is not None:
             x = self.embed(x)  # [B, L, E]
         return self.net(x.flatten(1))
@@ -51,6 +53,7 @@ class MLPDecoder(_Recorded):
         self.net = _mlp([in_dim, *hidden, math.prod(self.out_shape)])
 
     def forward(self, z: Tensor) -> Tensor:
+        """z [B, in_dim] -> [B, *out_shape]."""
         return self.net(z).view(-1, *self.out_shape)
 
 
@@ -73,6 +76,7 @@ class ConvEncoder(_Recorded):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """x [B, C, H, W] -> [B, out_dim]."""
         return self.net(x)
 
 
@@ -97,6 +101,7 @@ class ConvDecoder(_Recorded):
         )
 
     def forward(self, z: Tensor) -> Tensor:
+        """z [B, in_dim] -> [B, C, H, W]."""
         return self.net(z)
 
 

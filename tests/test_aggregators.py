@@ -15,8 +15,17 @@ import torch
 from scipy import stats
 
 from mmvae import InputError
-from mmvae.aggregators import (AGGREGATORS, AVG, MoE, MoPoE, NoAggregation, PoE, all_subsets, make_aggregator,
-                               subset_names)
+from mmvae.aggregators import (
+    AGGREGATORS,
+    AVG,
+    MoE,
+    MoPoE,
+    NoAggregation,
+    PoE,
+    all_subsets,
+    make_aggregator,
+    subset_names,
+)
 from mmvae.gaussian import Experts, SubsetPosterior, log_normal
 
 TOL = dict(rtol=1e-10, atol=1e-10)

@@ -1,4 +1,5 @@
-"""The house stays acyclic: no module of mmvae imports, directly or through others, a module that imports it.
+"""The house stays acyclic: no module of mmvae imports, directly or through others, a module that imports it; and
+dependencies point one way, down the layers of DESIGN.md.
 
 Imports are read with `ast` from the source (module-level and function-level alike; `if TYPE_CHECKING:` blocks
 too), so a cycle hidden inside a function body fails here even though Python would tolerate it at run time.
@@ -94,6 +95,37 @@ def test_the_package_has_no_import_cycle():
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
+#: DESIGN.md's layers, bottom first: a module may import from its own layer (the cycle test keeps that acyclic) and
+#: the layers below, never from one above. A module belongs to the layer of its first name after "mmvae".
+LAYERS = [
+    {"errors", "version", "devices", "registry", "gaussian", "networks", "datasets"},
+    {"likelihoods", "modality", "aggregators", "priors", "validation", "checkpoint", "distributed"},
+    {"objectives", "progress", "runfolder"},
+    {"model", "trainer"},
+    {"models", "loading"},
+    {"evaluation", "impute_file"},
+    {"cli"},
+    {""},  # the package root: re-exports only
+]
+
+
+def layer(module: str) -> int:
+    """The index in LAYERS of a dotted module name; KeyError for a module DESIGN.md does not place yet."""
+    head = module.split(".")[1] if "." in module else ""
+    for i, names in enumerate(LAYERS):
+        if head in names:
+            return i
+    raise KeyError(f"{module} is in no layer: add it to LAYERS here and to DESIGN.md")
+
+
+def test_dependencies_point_down_the_layers():
+    graph = import_graph()
+    upward = [f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
+              for a, targets in graph.items() for b in targets if layer(b) > layer(a)]
+    assert not upward, "imports against the layers: " + "; ".join(sorted(upward))
+    assert layer("mmvae.trainer") > layer("mmvae.checkpoint") and layer("mmvae.cli.options") == len(LAYERS) - 2
+
+
 @pytest.mark.parametrize("source, expect", [
     ("from . import b\n", True),                       # module-level, relative, a submodule
     ("def f():\n    from .b import thing\n", True),    # function-level import counts too
@@ -115,3 +147,16 @@ def test_the_cycle_check_can_fail(tmp_path, source, expect):
     finally:
         ROOT = saved
     assert (["mmvae.pkg.a", "mmvae.pkg.b"] in found) is expect
+
+
+def test_modules_stay_readable():
+    """Small pieces: no function over 60 lines, no class over about 200 (docstrings included)."""
+    long = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            size = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size > 60:
+                long.append(f"{name}.{node.name}: {size} lines (function)")
+            elif isinstance(node, ast.ClassDef) and size > 220:
+                long.append(f"{name}.{node.name}: {size} lines (class)")
+    assert not long, "; ".join(long)

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from mmvae import Modality, MultimodalVAE
-from mmvae.objectives import DReG, IWAE
 from mmvae.gaussian import kl_std_normal
 from mmvae.networks import MLPDecoder, MLPEncoder
-from mmvae.objectives import ELBO, make_objective
+from mmvae.objectives import ELBO, IWAE, DReG, make_objective
 
 AGGREGATORS = ["poe", "moe", "mopoe", "none", {"name": "poe", "subsets": "joint+unimodal"}]
 
@@ -78,8 +77,8 @@ def linear_gaussian(aggregator, sigma=0.5, D=2, X=3):
     torch.manual_seed(0)
     model = small_model(aggregator, D=D, X=X, M=2, hidden=(), scale=sigma)
     lin = [model.modalities[n].decoder.net[0] for n in model.names]
-    W = torch.cat([l.weight for l in lin]).double()  # [2X, D]
-    b = torch.cat([l.bias for l in lin]).double()  # [2X]
+    W = torch.cat([layer.weight for layer in lin]).double()  # [2X, D]
+    b = torch.cat([layer.bias for layer in lin]).double()  # [2X]
     xs = b + torch.randn(2 * X, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     cov = W @ W.T + sigma ** 2 * torch.eye(2 * X, dtype=torch.float64)
     logp = torch.distributions.MultivariateNormal(b, cov).log_prob(xs).item()

@@ -15,13 +15,26 @@ import torch
 from mmvae import Modality, MultimodalVAE
 from mmvae.datasets import MultimodalDataset
 from mmvae.errors import InputError
-from mmvae.networks import MLPDecoder, MLPEncoder
-from mmvae.evaluation import (Classifier, check_accuracy, compare_runs, conditional_coherence, conditional_loglik,
-                              evaluate_run, imputation_error, joint_coherence, latent_classification, linear_probe,
-                              load_classifiers, r2_table, save_classifiers, train_classifiers)
+from mmvae.evaluation import (
+    Classifier,
+    check_accuracy,
+    compare_runs,
+    conditional_coherence,
+    conditional_loglik,
+    evaluate_run,
+    imputation_error,
+    joint_coherence,
+    latent_classification,
+    linear_probe,
+    load_classifiers,
+    r2_table,
+    save_classifiers,
+    train_classifiers,
+)
 from mmvae.evaluation.classifiers import classifiers_match
 from mmvae.evaluation.probe import linear_probes, subset_embeddings
 from mmvae.evaluation.subset_batches import as_eval_data
+from mmvae.networks import MLPDecoder, MLPEncoder
 
 C = 10  # classes
 
@@ -150,7 +163,7 @@ def test_imputation_error_of_perfect_and_noise_models(data5):
 def tiny_vae(dims, shared=2, private=0, seed=0):
     """A MoPoE VAE over vector modalities with one-hidden-layer networks of width 32."""
     torch.manual_seed(seed)
-    priv = private if isinstance(private, dict) else {n: private for n in dims}
+    priv = private if isinstance(private, dict) else dict.fromkeys(dims, private)
     mods = {n: Modality(MLPEncoder((d,), 2 * (shared + priv.get(n, 0)), hidden=(32,)),
                         MLPDecoder(shared + priv.get(n, 0), (d,), hidden=(32,)),
                         likelihood={"name": "gaussian", "scale": 1.0}, shape=(d,)) for n, d in dims.items()}
@@ -191,7 +204,7 @@ def test_real_model_on_data_with_missing_modalities(classifiers5):
     """A real model on a test set with 40% of entries missing (NaN): every metric is finite, and a cell counts only
     the tuples that observe its subset (and, for errors, its target)."""
     test = separable(300, seed=5).drop(0.4, seed=0)
-    model = tiny_vae({m: 8 for m in test.modalities}, shared=3, private=1)
+    model = tiny_vae(dict.fromkeys(test.modalities, 8), shared=3, private=1)
     coh = conditional_coherence(model, test, classifiers5)
     imp = imputation_error(model, test, n_samples=2)
     ll = conditional_loglik(model, test, K=3)
@@ -226,7 +239,7 @@ def test_torch_probe_matches_sklearn_on_digits():
 
 def test_latent_classification_and_fast_embeddings_agree_with_embed(data5):
     train, test = data5
-    model = tiny_vae({m: 8 for m in train.modalities}, shared=4, private=1)
+    model = tiny_vae(dict.fromkeys(train.modalities, 8), shared=4, private=1)
 
     class EmbedOnly:  # only the `embed` verb: the reference path
         names = model.names

@@ -174,7 +174,6 @@ def naive_elbo(vae, x, avail, seed, kl, combine, members_only, stratify):
     enc = vae.encode(x, avail)
     post = vae.aggregator(enc.experts)
     K, B, Ds = post.mu.shape
-    M = len(vae.names)
     if stratify:
         ks = torch.arange(K)[:, None].expand(K, B)  # [K', B]: subset of each drawn z
     else:
@@ -361,3 +360,19 @@ def test_objective_config_and_errors():
         ELBO(kl="sampled")
     with pytest.raises(InputError, match="combine"):
         ELBO(combine="product")
+
+
+def test_beta_lives_on_the_objective_and_old_configs_still_load():
+    """beta is the objective's (the model's `beta=` only sets it); a 0.1 config with a model-level beta rebuilds."""
+    vae = build_vae(aggregator="mopoe", private_dim=2, beta=0.3)
+    cfg = vae.config()
+    assert vae.objective.beta == vae.beta == 0.3 and "beta" not in cfg and cfg["objective"]["beta"] == 0.3
+    old = {**cfg, "beta": 0.7, "objective": {k: v for k, v in cfg["objective"].items() if k != "beta"}}
+    assert MultimodalVAE.from_config(old).beta == 0.7
+    assert MultimodalVAE.from_config(cfg).beta == 0.3
+    x, avail = vae.check(*_batch())
+    torch.manual_seed(3)
+    out = ELBO(beta=2.0)(vae, x, avail)
+    nll = sum(v for k, v in out.terms.items() if k.startswith("nll/"))
+    kl = out.terms["kl/shared"] + sum(v for k, v in out.terms.items() if k.startswith("kl/private/"))
+    torch.testing.assert_close(out.loss, nll + 2.0 * kl, rtol=1e-6, atol=1e-6)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mmvae import InputError, MultimodalVAE
-from mmvae.objectives import DReG
 from mmvae.cli import main as cli_main
 from mmvae.datasets import PolyDigits
 from mmvae.models import PRESETS, build
+from mmvae.objectives import DReG
 from mmvae.priors import MMVAMP
 
 NAMES = ["mvae", "mmvae", "mopoe", "mmvm", "mmvaeplus", "dmvae", "independent"]
@@ -81,7 +81,7 @@ def test_preset_trains_and_imputes_every_missing_modality_from_every_subset(name
         for observed in itertools.combinations(names, k):
             out = model.impute({n: x[n] for n in observed})
             assert set(out) == set(names) - set(observed)
-            for n, img in out.items():
+            for img in out.values():
                 assert img.shape == (8, 3, 16, 16) and torch.isfinite(img).all()
     many = model.impute({"m0": x["m0"]}, n_samples=3)
     assert many["m1"].shape == (3, 8, 3, 16, 16)

@@ -278,7 +278,8 @@ from test_trainer import ToyModel, problem
 from mmvae.trainer import Trainer
 train, val = problem()
 torch.manual_seed(123)
-t = Trainer(ToyModel(delay={delay}), max_epochs={epochs}, batch_size=16, lr=1e-2, progress=False, device="cpu", out={out!r})
+t = Trainer(ToyModel(delay={delay}), max_epochs={epochs}, batch_size=16, lr=1e-2, progress=False, device="cpu",
+            out={out!r})
 t.fit(train, val)
 {after}
 sys.exit(130 if t.interrupted else 0)

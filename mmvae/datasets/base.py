@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterator, Sequence, Union
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-Targets = Union[Tensor, dict]
+Targets = Tensor | dict
 Batch = tuple  # (dict[str, Tensor], Tensor, Targets)
 
 
@@ -116,7 +116,7 @@ class MultimodalDataset:
             yield self._batch(slice(lo, hi) if contiguous else idx[lo:hi])
 
     # ----- copies -----
-    def subset(self, indices: Sequence[int] | Tensor | slice) -> "MultimodalDataset":
+    def subset(self, indices: Sequence[int] | Tensor | slice) -> MultimodalDataset:
         """A copy holding only the rows `indices` (index tensor, list, slice or boolean mask)."""
         if not isinstance(indices, slice):
             indices = torch.as_tensor(indices)
@@ -134,7 +134,7 @@ class MultimodalDataset:
             out.labels = out.targets
         return out
 
-    def drop(self, rate: float, seed: int = 0) -> "MultimodalDataset":
+    def drop(self, rate: float, seed: int = 0) -> MultimodalDataset:
         """A copy where each (sample, modality) entry goes missing with probability `rate`, one kept per sample.
 
         Samples that lose every modality get one random originally-available modality back. Dropped entries of

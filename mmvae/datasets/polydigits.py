@@ -120,7 +120,7 @@ class PolyDigits(MultimodalDataset):
             data[f"m{m}"] = bg * (1 - d) + (1 - bg) * d  # [N, 3, S, S]
 
         super().__init__(data, targets=torch.from_numpy(labels), num_classes=10,
-                         likelihoods={name: "laplace" for name in data})
+                         likelihoods=dict.fromkeys(data, "laplace"))
         self.sources = torch.from_numpy(sources)  # [N, M]
         self.split, self.seed, self.size = split, seed, size
         if drop_rate:

@@ -27,7 +27,7 @@ class TanhMLP:
     b2: Tensor  # [d_out]
 
     @classmethod
-    def random(cls, rng: np.random.Generator, d_in: int, d_out: int, hidden: int = HIDDEN) -> "TanhMLP":
+    def random(cls, rng: np.random.Generator, d_in: int, d_out: int, hidden: int = HIDDEN) -> TanhMLP:
         """Weights with fan-in scaling; gain 1.5 on the first layer so tanh bends the map visibly."""
         def t(a):
             return torch.from_numpy(a.astype(np.float32))

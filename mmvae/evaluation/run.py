@@ -16,6 +16,7 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import InputError
+from ..loading import load
 from .classifiers import check_accuracy
 from .coherence import conditional_coherence, joint_coherence
 from .disentanglement import latent_disentanglement
@@ -118,7 +119,6 @@ def evaluate_run(run_dir, metrics=METRICS, out=None, device: str = "auto", seed:
 def _open(run_dir: Path, out: Path, dev: torch.device, seed: int, n_test: int | None, settings: EvalSettings,
           classifiers: dict | None, timings: dict) -> _Evaluation:
     """Load the run's config, model and its dataset's splits; resolve batch_rows for the device."""
-    from .. import load
     from ..datasets import get_dataset
 
     config = read_run_config(run_dir)

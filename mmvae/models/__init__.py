@@ -1,6 +1,17 @@
 """Published multimodal VAEs as presets over the core parts (`presets.py`), and `build` for the CLI."""
-from .presets import (PRESETS, build, default_modalities, dmvae, independent, mmvae, mmvaeplus, mmvm,
-                      modality_embeddings, mopoe, mvae)
+from .presets import (
+                      PRESETS,
+                      build,
+                      default_modalities,
+                      dmvae,
+                      independent,
+                      mmvae,
+                      mmvaeplus,
+                      mmvm,
+                      modality_embeddings,
+                      mopoe,
+                      mvae,
+)
 
 __all__ = ["PRESETS", "build", "default_modalities", "modality_embeddings", "mvae", "mmvae", "mopoe", "mmvm",
            "mmvaeplus", "dmvae", "independent"]

@@ -86,9 +86,11 @@ class Objective:
         self.beta = float(beta)
 
     def __call__(self, model, x: dict[str, Tensor], avail: Tensor) -> ModelOutput:
+        """The loss of one batch and its named terms."""
         raise NotImplementedError
 
     def config(self) -> dict:
+        """The spec that rebuilds this objective (`make_objective(config())`)."""
         return {"name": self.name, "beta": self.beta}
 
 
@@ -133,11 +135,14 @@ class SubsetObjective(Objective):
         return Draws(s, enc, post, drawn, pi, z, rec)
 
     def loss(self, draws: Draws, model) -> ModelOutput:
+        """The loss and terms from the prologue's draws (the estimator's one job)."""
         raise NotImplementedError
 
     def __call__(self, model, x, avail):
+        """The loss of one batch and its named terms."""
         return self.loss(self.draw(model, x, avail), model)
 
     def config(self) -> dict:
+        """The spec that rebuilds this objective (`make_objective(config())`)."""
         return {**super().config(), "combine": self.combine, "reconstruct": self.reconstruct,
                 "stratify": self.stratify}

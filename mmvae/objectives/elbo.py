@@ -10,7 +10,7 @@ from .base import Draws, ModelOutput, SubsetObjective, private_kl
 
 
 class ELBO(SubsetObjective):
-    """-ELBO = sum_k pi_k [ -E_{q_k} sum_m lambda_m log p(x_m | z, w_m) + beta KL(q_k || p) ] + beta sum_m KL(q(w_m) || p).
+    """-ELBO = sum_k pi_k [-E_{q_k} sum_m lambda_m log p(x_m | z, w_m) + beta KL(q_k || p)] + beta sum_m KL(q(w_m)||p).
 
     kl="closed": each subset's KL(q_k || p) from the prior (closed form, or the MM-VAMP bound), averaged with pi_k;
     under a mixture that bounds the mixture's KL. kl="mc": log q(z) - log p(z) at the sampled z, with q the mixture
@@ -38,6 +38,7 @@ class ELBO(SubsetObjective):
         return (d.pi * (log_q - prior.log_prob(z, experts))).sum(0)
 
     def loss(self, d: Draws, model) -> ModelOutput:
+        """-ELBO averaged over the batch, with nll/m, kl/shared and kl/private/m terms."""
         kl = self.shared_kl(d, model.prior)  # [B]
         priv = private_kl(d.enc, model.names)  # name -> [B]
         nll = -(d.pi[..., None] * d.rec.log_lik[0]).sum(0)  # [B, M]
@@ -49,4 +50,5 @@ class ELBO(SubsetObjective):
         return ModelOutput(loss.mean(), terms)
 
     def config(self):
+        """The spec that rebuilds this objective (`make_objective(config())`)."""
         return {**super().config(), "kl": self.kl}

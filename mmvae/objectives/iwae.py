@@ -94,11 +94,13 @@ class IWAE(SubsetObjective):
         return ModelOutput(loss, terms)
 
     def loss(self, d: Draws, model) -> ModelOutput:
+        """-L_L averaged over the batch; its gradient is the plain reparameterised one."""
         lws = self.weights_of(d, model.prior)
         bound = self.bound(lws)
         return self._output(model, lws, -bound.mean(), bound.detach())
 
     def config(self):
+        """The spec that rebuilds this objective (`make_objective(config())`)."""
         return {**super().config(), "K": self.n_samples}
 
 
@@ -115,6 +117,7 @@ class DReG(IWAE):
     name = "dreg"
 
     def loss(self, d: Draws, model) -> ModelOutput:
+        """-L_L averaged over the batch, with the DReG gradient (class docstring)."""
         lws = self.weights_of(d, model.prior, detach_q=True)
         with torch.no_grad():
             wn = torch.softmax(lws.lw, 0)  # [L, K', B] normalised within each subset

@@ -127,8 +127,10 @@ class MMVAMP(nn.Module):
         return kl
 
     def config(self) -> dict:
+        """The spec that rebuilds this prior (`make_prior(config())`)."""
         return {"name": self.name, "kl": self.estimator, "n_samples": self.n_samples, "alpha_start": self.alpha_start,
                 "alpha_end": self.alpha_end, "anneal_steps": self.anneal_steps, "detach_prior": self.detach_prior}
 
     def extra_repr(self) -> str:
+        """The estimator and the current alpha, for `print(model)`."""
         return f"kl={self.estimator!r}, n_samples={self.n_samples}, alpha={self.alpha:.3g}"

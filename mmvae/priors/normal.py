@@ -20,4 +20,5 @@ class StandardNormal:
         return log_std_normal(z)
 
     def config(self) -> dict:
+        """The spec that rebuilds this prior (`make_prior(config())`)."""
         return {"name": self.name}

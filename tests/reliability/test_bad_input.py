@@ -11,11 +11,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from reliability_helpers import count, mixed_batch, mixed_model, params, toy, toy_model
 
 from mmvae import InputError, cli
 from mmvae.datasets import MultimodalDataset
 from mmvae.trainer import Trainer
-from reliability_helpers import count, mixed_batch, mixed_model, params, toy, toy_model
 
 B = 6
 ALL = torch.ones(B, 3, dtype=torch.bool)
@@ -230,8 +230,8 @@ def test_evaluators_reject_bad_data():
     ]
     for data, fragments in cases:
         count("bad_input_cases")
-        _expect(lambda: imputation_error(model, data, n_samples=2), fragments)
-        _expect(lambda: latent_classification(model, data, data), fragments)
+        _expect(lambda data=data: imputation_error(model, data, n_samples=2), fragments)
+        _expect(lambda data=data: latent_classification(model, data, data), fragments)
     count("bad_input_cases")
     bad_mask = EvalData(good, torch.ones(8, 2, dtype=torch.bool), ["img", "vec", "tok"])
     _expect(lambda: imputation_error(model, bad_mask), ["availability mask", "[8, 2]", "img"])

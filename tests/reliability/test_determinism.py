@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 from importlib import metadata
 
+import cli_driver
 import pytest
 import torch
+from reliability_helpers import params, same, toy, toy_model
 
 import mmvae
 from mmvae import cli
 from mmvae.checkpoint import read_checkpoint
 from mmvae.datasets import DATASETS
 from mmvae.trainer import Trainer
-from reliability_helpers import params, same, toy, toy_model
-
-import cli_driver
 
 
 def _train(preset, seed, model_seed=0, epochs=2, out=None):

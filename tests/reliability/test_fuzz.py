@@ -14,13 +14,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reliability_helpers import SMOKE, count
 
 from mmvae import InputError, Modality, MultimodalVAE
 from mmvae.aggregators import AVG, MoE, MoPoE, NoAggregation, PoE
 from mmvae.gaussian import Experts
 from mmvae.networks import MLPDecoder, MLPEncoder
 from mmvae.priors import MMVAMP, StandardNormal
-from reliability_helpers import SMOKE, count
 
 #: examples per property; MMVAE_FUZZ_EXAMPLES=N for a longer hunt
 EXAMPLES = int(os.environ.get("MMVAE_FUZZ_EXAMPLES", 25 if SMOKE else 60))

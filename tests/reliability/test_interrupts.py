@@ -11,17 +11,15 @@ import signal
 import subprocess
 import time
 
+import cli_driver
 import pytest
 import torch
+from reliability_helpers import ROOT, SMOKE, count, driver_command, params, same, subprocess_env, toy, toy_model
 
 from mmvae import cli
 from mmvae.checkpoint import read_checkpoint, resolve_checkpoint
 from mmvae.datasets import DATASETS
 from mmvae.trainer import Trainer
-from reliability_helpers import (ROOT, SMOKE, count, driver_command, params, same, subprocess_env, toy,
-                                 toy_model)
-
-import cli_driver
 
 
 def _fit(preset, epochs, **kw):
@@ -141,7 +139,7 @@ def test_sigkill_at_random_moments_never_corrupts_the_newest_checkpoint(tmp_path
                                 env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             # let it write at least one new checkpoint of its own, then pick the moment
-            _wait_for(lambda: (run / "last.pt").exists() and (run / "last.pt").stat().st_mtime_ns != before, proc)
+            _wait_for(lambda b=before: (run / "last.pt").exists() and (run / "last.pt").stat().st_mtime_ns != b, proc)
             if i % 2 == 0:
                 _wait_for(lambda: bool(_tmp_files(run)), proc, poll=0.0005)  # a checkpoint is being written
                 time.sleep(rng.uniform(0.0, 0.002))

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import warnings
 
+import cli_driver
 import pytest
 import torch
+from reliability_helpers import params, same, toy, toy_model
 
 from mmvae import cli
 from mmvae.checkpoint import read_checkpoint
 from mmvae.datasets import DATASETS
 from mmvae.gaussian import LOGVAR_BOUND
 from mmvae.trainer import NonFiniteLossError, Trainer
-from reliability_helpers import params, same, toy, toy_model
-
-import cli_driver
 
 
 def test_logvar_soft_clamped_for_extreme_encoder_outputs():

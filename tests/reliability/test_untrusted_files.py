@@ -8,13 +8,13 @@ import json
 
 import pytest
 import torch
+from reliability_helpers import count, params, same, toy, toy_model
 
 import mmvae
 from mmvae import CheckpointError, Modality, cli
 from mmvae.checkpoint import read_checkpoint, save_checkpoint
 from mmvae.networks import MLPDecoder, MLPEncoder
 from mmvae.trainer import Trainer
-from reliability_helpers import count, params, same, toy, toy_model
 
 
 class Payload:
