@@ -21,6 +21,7 @@ from torch import nn
 
 from . import distributed
 from .checkpoint import BEST, LAST, TrainingState, read_checkpoint, restore_modules, versions
+from .datasets.loader import as_batches
 from .devices import module_device
 from .distributed import Ranks, StopRequest
 from .errors import CheckpointError, InputError, NonFiniteLossError  # noqa: F401 (CheckpointError re-exported)
@@ -269,11 +270,15 @@ class Trainer:
     def evaluate(self, data, prefix: str = "val/", ranks: Ranks | None = None) -> dict[str, float]:
         """Mean loss and terms over `data` (weighted by batch size), in eval mode, under a fixed seed."""
         ranks = ranks or Ranks()
-        return _mean_terms(self.model, data, self.batch_size, self.seed + ranks.rank, prefix, ranks, self.use_amp,
-                           self.amp_dtype)
+        return _mean_terms(self.model, as_batches(data), self.batch_size, self.seed + ranks.rank, prefix, ranks,
+                           self.use_amp, self.amp_dtype)
 
     def fit(self, train, val=None) -> list[dict]:
-        """Train until `max_epochs` (counting epochs of a resumed run); the history of per-epoch dicts."""
+        """Train until `max_epochs` (counting epochs of a resumed run); the history of per-epoch dicts.
+
+        train, val: `MultimodalDataset`s, or any torch `Dataset` yielding `(x dict, avail, y)` (read through a
+        DataLoader; wrap it in `datasets.loader.LoaderDataset(ds, num_workers=...)` for workers)."""
+        train, val = as_batches(train), as_batches(val)
         ranks, device = distributed.setup(self.device_arg)
         try:
             with StopRequest() as stop:

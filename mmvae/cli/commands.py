@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from .data import add_data_arguments, data
 from .options import BY_NAME, add_options, defaults, settings
+from .study import add_study_arguments, study
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,26 +26,47 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     add_options(p.add_argument_group("settings (each also a --config key, e.g. batch_size = 64)"))
 
 
+def dataset_options(cfg: dict) -> dict:
+    """The keyword options of `get_dataset` from the settings: the seed, and `data_root` (absolute) unless "auto",
+    for the datasets that read it (polyfashion); they are also the run config's "dataset" entry."""
+    import inspect
+
+    from ..datasets import DATASETS
+    from ..errors import InputError
+
+    kw = {"seed": cfg["seed"]}
+    root = cfg.get("data_root", "auto")
+    if root not in (None, "auto"):
+        cls = DATASETS.get(str(cfg["dataset"]).lower())
+        if cls is None or "data_root" not in inspect.signature(cls).parameters:
+            reads = sorted(k for k, c in DATASETS.items() if "data_root" in inspect.signature(c).parameters)
+            raise InputError(f"option 'data_root' applies to --dataset {' | '.join(reads)}, not {cfg['dataset']!r}")
+        kw["data_root"] = str(Path(root).expanduser().resolve())
+    return kw
+
+
 def run_training(cfg: dict, out: Path, resume: Path | None = None, quiet: bool = False) -> int:
     """Train the preset `cfg["model"]` on `cfg["dataset"]` with the settings `cfg` (all keys of `defaults()`)
     into the run folder `out`; 130 if interrupted, else 0."""
     import torch
 
-    from ..datasets import get_dataset
+    from ..datasets import get_dataset, resolve
     from ..models import build
     from ..trainer import Trainer
 
-    train_set = get_dataset(cfg["dataset"], "train", seed=cfg["seed"])
+    cfg = {**cfg, "dataset": resolve(cfg["dataset"])}  # a data path is stored absolute, for `mmvae evaluate`
+    ds_kw = dataset_options(cfg)
+    train_set = get_dataset(cfg["dataset"], "train", **ds_kw)
     if cfg["drop_rate"]:
         train_set = train_set.drop(cfg["drop_rate"], seed=cfg["seed"])
-    val_set = get_dataset(cfg["dataset"], "test", seed=cfg["seed"])
+    val_set = get_dataset(cfg["dataset"], "test", **ds_kw)
     overrides = {k: cfg[k] for k in ("shared_dim", "private_dim", "beta") if cfg[k] is not None}
     torch.manual_seed(cfg["seed"])  # the initial weights follow the seed too
     model = build(cfg["model"], train_set, **overrides)
     trainer = Trainer(model, max_epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                       device=cfg["device"], seed=cfg["seed"], out=out, amp=cfg["amp"], resume=resume,
                       progress=not quiet, max_nonfinite=cfg["max_nonfinite"],
-                      extra_config={"dataset": {"name": cfg["dataset"], "seed": cfg["seed"]}, "preset": cfg["model"],
+                      extra_config={"dataset": {"name": cfg["dataset"], **ds_kw}, "preset": cfg["model"],
                                     "settings": cfg})
     history = trainer.fit(train_set, val=val_set)
     if getattr(trainer, "interrupted", False):
@@ -73,12 +96,22 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer samples: a fast look, not numbers to publish")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="an evaluation setting, e.g. --set loglik_K=20 --set probe_n_train=500")
+    p.add_argument("--classifiers", type=Path, metavar="DIR",
+                   help="your own coherence classifiers instead of training them: DIR holds classifiers.pt, a "
+                        "weights-only {modality: state dict} (read with torch.load(weights_only=True)), and "
+                        "classifiers.json, {modality: {\"spec\": {\"in_shape\": [3, 28, 28], \"num_classes\": 10, "
+                        "\"kind\": \"conv\"|\"mlp\"|\"tokens\", ...}, \"meta\": {...}}}, as "
+                        "mmvae.evaluation.save_classifiers writes them; each modality's input shape and class count "
+                        "are checked against the dataset and its accuracy measured on the test rows")
 
 
 def _evaluation_settings(args: argparse.Namespace) -> dict:
-    """The keyword options of `evaluate_run` from `--metrics` and each `--set KEY=VALUE` (a JSON value, else text)."""
+    """The keyword options of `evaluate_run` from `--metrics`, `--classifiers` and each `--set KEY=VALUE` (a JSON
+    value, else text)."""
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
     kw = {"metrics": metrics} if metrics else {}
+    if getattr(args, "classifiers", None) is not None:
+        kw["classifiers"] = args.classifiers
     for item in args.set or []:
         key, _, value = item.partition("=")
         try:
@@ -199,4 +232,6 @@ COMMANDS = {
     "compare": Command("several runs side by side: compare.md and a coherence plot", add_compare_arguments, compare),
     "impute": Command("fill missing modalities of a .npz (NaN rows or absent arrays)", add_impute_arguments, impute),
     "demo": Command("train MoPoE on PolyDigits, impute, evaluate, write a report", add_demo_arguments, demo),
+    "data": Command("build a dataset: mmvae data polymnist --idx DIR --out DIR", add_data_arguments, data),
+    "study": Command("a grid of runs (models x beta x seeds): study.md, .json, .png", add_study_arguments, study),
 }

@@ -72,7 +72,9 @@ def _is_a(value, kind: type) -> bool:
 
 #: the train settings, in the order of `--help` and of `settings` in a run's config.json
 OPTIONS = (
-    Option("dataset", str, "polydigits", "polydigits | toy"),
+    Option("dataset", str, "polydigits", "polydigits | toy | polyfashion | PATH.npz | FOLDER (your own data)"),
+    Option("data_root", str, "auto", "folder of the four Fashion-MNIST IDX files for polyfashion; auto: where "
+           "Debian's dataset-fashion-mnist installs them"),
     Option("model", str, "mopoe", "preset: mvae | mmvae | mopoe | mmvm | mmvaeplus | dmvae | independent"),
     Option("epochs", int, 5, "passes over the training set", low=0),
     Option("batch_size", int, 128, "training tuples per step", low=1),

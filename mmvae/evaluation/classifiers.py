@@ -2,13 +2,18 @@
 
 A coherence score is only as good as the classifier that reads the generated samples, so each classifier carries
 its own test accuracy and a sha256 of the data it was trained on, and `check_accuracy` refuses weak ones.
-Any callable `x [B, *shape] -> logits [B, C]` can stand in for a classifier (a user's own).
+Images get a small ResNet (as the published PolyMNIST protocol uses), vectors an MLP, integer tokens an embedding
+and a 1-d convnet. Any callable `x [B, *shape] -> logits [B, C]` can stand in for a classifier (a user's own);
+`load_user_classifiers` reads a folder in the format `save_classifiers` writes and checks it against a dataset.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
+import pickle
+import time
 from pathlib import Path
 
 import torch
@@ -20,38 +25,85 @@ from ..errors import CheckpointError, InputError
 from .subset_batches import as_eval_data
 
 WEIGHTS_FILE, META_FILE = "classifiers.pt", "classifiers.json"
+#: bumped whenever the networks or their training change: cached classifiers of another version are retrained
+CLASSIFIER_VERSION = 2
+KINDS = ("conv", "mlp", "tokens")
+
+
+def _norm(c: int) -> nn.GroupNorm:
+    """GroupNorm: the same in training and evaluation, at any batch size (generated batches are not real ones)."""
+    return nn.GroupNorm(min(8, c), c)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convs with a skip connection (a 1x1 conv where the stride or width changes).  [B, a, H, W] ->
+    [B, b, H / stride, W / stride]"""
+
+    def __init__(self, a: int, b: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(a, b, 3, stride, 1, bias=False), _norm(b), nn.ReLU(),
+                                  nn.Conv2d(b, b, 3, 1, 1, bias=False), _norm(b))
+        self.skip = nn.Identity() if stride == 1 and a == b else nn.Sequential(
+            nn.Conv2d(a, b, 1, stride, bias=False), _norm(b))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """relu(body(x) + skip(x))."""
+        return F.relu(self.body(x) + self.skip(x))
+
+
+def _resnet(in_channels: int, channels: list[int], num_classes: int) -> nn.Sequential:
+    """Stem conv, one residual block per width (stride 2 from the second on), global average pool, linear head."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False), _norm(channels[0]),
+                               nn.ReLU()]
+    for i, c in enumerate(channels):
+        layers.append(ResidualBlock(channels[max(i - 1, 0)], c, stride=1 if i == 0 else 2))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], num_classes))
+
+
+class TokenNet(nn.Module):
+    """Tokens [B, *shape] (flattened to a sequence of T) -> embedding, two 1-d convs, mean and max over T, linear."""
+
+    def __init__(self, vocab: int, hidden: int, num_classes: int, embed_dim: int = 32, width: int = 5):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed_dim)
+        self.convs = nn.Sequential(nn.Conv1d(embed_dim, hidden, width, 1, width // 2), nn.ReLU(),
+                                   nn.Conv1d(hidden, hidden, width, 1, width // 2), nn.ReLU())
+        self.head = nn.Linear(2 * hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, *shape] long -> logits [B, num_classes]."""
+        h = self.convs(self.embed(x.flatten(1)).transpose(1, 2))  # [B, hidden, T]
+        return self.head(torch.cat([h.mean(-1), h.amax(-1)], dim=1))
 
 
 class Classifier(nn.Module):
-    """A small classifier for one modality: a convnet for images [C, H, W], an MLP for vectors, an embedding + MLP
-    for integer tokens. `spec` rebuilds it; `meta` holds test accuracy, checksum and training settings."""
+    """A classifier for one modality: a ResNet for images [C, H, W] ("conv"), an MLP for vectors ("mlp"), an
+    embedding and 1-d convnet for integer tokens ("tokens"). `spec` rebuilds it; `meta` holds test accuracy,
+    checksum and training settings."""
 
     def __init__(self, in_shape, num_classes: int, kind: str = "auto", vocab: int | None = None, hidden: int = 128,
-                 channels=(16, 32)):
+                 channels=(16, 32, 64)):
         super().__init__()
         in_shape = tuple(int(s) for s in in_shape)
         if kind == "auto":
             kind = "tokens" if vocab else ("conv" if len(in_shape) == 3 else "mlp")
-        c1, c2 = channels
+        if kind not in KINDS:
+            raise InputError(f"classifier kind must be 'auto' or one of {list(KINDS)}, got {kind!r}")
+        if kind == "tokens" and not vocab:
+            raise InputError("a 'tokens' classifier needs the vocabulary size `vocab`")
+        if kind == "conv" and len(in_shape) != 3:
+            raise InputError(f"a 'conv' classifier reads images [C, H, W], got input shape {list(in_shape)}")
+        channels = [int(c) for c in channels]
         self.spec = {"in_shape": list(in_shape), "num_classes": int(num_classes), "kind": kind, "vocab": vocab,
-                     "hidden": hidden, "channels": [c1, c2]}
+                     "hidden": hidden, "channels": channels}
         self.meta: dict = {}
         if kind == "conv":
-            C = in_shape[0]
-            self.net = nn.Sequential(
-                nn.Conv2d(C, c1, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(c1, c2, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(0.25),
-                nn.Linear(c2 * 16, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+            self.net = _resnet(in_shape[0], channels, num_classes)
         elif kind == "mlp":
             self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), hidden), nn.ReLU(),
                                      nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-        elif kind == "tokens":
-            self.net = nn.Sequential(nn.Embedding(int(vocab), 16), nn.Flatten(),
-                                     nn.Linear(16 * math.prod(in_shape), hidden), nn.ReLU(),
-                                     nn.Linear(hidden, num_classes))
         else:
-            raise InputError(f"classifier kind must be 'auto', 'conv', 'mlp' or 'tokens', got {kind!r}")
+            self.net = TokenNet(int(vocab), hidden, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:  # [B, *in_shape] -> [B, C]
         """Class logits; token inputs are clamped into the vocabulary."""
@@ -83,7 +135,7 @@ def modality_data(data, name: str) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def predict(classifier, x: Tensor, batch_size: int = 4096) -> Tensor:
+def predict(classifier, x: Tensor, batch_size: int = 1024) -> Tensor:
     """Class predictions for x [B, *shape] in chunks, on the classifier's device.  -> [B] long"""
     dev = next(classifier.parameters()).device if isinstance(classifier, nn.Module) and \
         any(True for _ in classifier.parameters()) else x.device
@@ -96,17 +148,61 @@ def predict(classifier, x: Tensor, batch_size: int = 4096) -> Tensor:
     return torch.cat(out).to(x.device) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
-def _accuracy(classifier, x: Tensor, y: Tensor) -> float:
+def accuracy(classifier, x: Tensor, y: Tensor) -> float:
+    """Fraction of rows of x [n, *shape] that `classifier` puts in class y [n] (NaN for no rows)."""
     return float((predict(classifier, x) == y.to(x.device)).float().mean()) if len(y) else float("nan")
 
 
+def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Each image of x [B, C, H, W] translated by its own (dy, dx) in [-max_shift, max_shift], edges replicated."""
+    if max_shift <= 0:
+        return x
+    B, _, H, W = x.shape
+    pad = F.pad(x, [max_shift] * 4, mode="replicate")  # [B, C, H + 2s, W + 2s]
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, B, 1), generator=generator).to(x.device)
+    rows = (dy + torch.arange(H, device=x.device))[:, :, None]  # [B, H, 1]
+    cols = (dx + torch.arange(W, device=x.device))[:, None, :]  # [B, 1, W]
+    b = torch.arange(B, device=x.device)[:, None, None]
+    return pad.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
+
+
+def fit_classifier(clf: Classifier, x: Tensor, y: Tensor, epochs: int, batch_size: int = 128, lr: float = 2e-3,
+                   seed: int = 0, shift: int = 1) -> Classifier:
+    """Train `clf` on x [n, *shape], y [n] with AdamW (weight decay 1e-4): ResNets under a one-cycle learning-rate
+    schedule peaking at `lr`, on images shifted by up to `shift` pixels at random; the small MLP and token nets at
+    the constant `lr` (they converge in a few steps, which a warm-up would waste). Returns clf in eval mode."""
+    dev = next(clf.parameters()).device
+    steps = epochs * math.ceil(len(y) / batch_size)
+    if steps == 0:
+        return clf.eval()
+    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-4)
+    images = clf.spec["kind"] == "conv"
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15) if images \
+        else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    g = torch.Generator().manual_seed(seed)
+    clf.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), batch_size):
+            idx = perm[i:i + batch_size]
+            xb = x[idx].to(dev)
+            if images:
+                xb = random_shift(xb.float(), shift, g)
+            loss = F.cross_entropy(clf(xb), y[idx].to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+    return clf.eval()
+
+
 def train_classifiers(train, test, epochs: int = 10, device: str | torch.device = "auto", seed: int = 0,
-                      batch_size: int = 128, lr: float = 1e-3, modalities: list[str] | None = None
+                      batch_size: int = 128, lr: float = 2e-3, modalities: list[str] | None = None, shift: int = 1
                       ) -> dict[str, Classifier]:
     """One classifier per modality, trained on the real observed training rows and scored on the test rows.
 
-    Each gets `.meta = {test_accuracy, train_accuracy, checksum (sha256 of its training x and y), n_train, n_test,
-    epochs, seed}`.
+    Each gets `.meta = {version, test_accuracy, train_accuracy, checksum (sha256 of its training x and y),
+    n_train, n_test, epochs, seed, time_s}`. See `fit_classifier` for the optimiser and augmentation.
     """
     train, test = as_eval_data(train), as_eval_data(test)
     if train.labels is None:
@@ -115,28 +211,19 @@ def train_classifiers(train, test, epochs: int = 10, device: str | torch.device 
     num_classes = train.num_classes or int(train.labels.max()) + 1
     out = {}
     for name in modalities or train.names:
+        start = time.time()
         x, y = modality_data(train, name)
         xt, yt = modality_data(test, name) if name in test.names else (x[:0], y[:0])
         if len(y) == 0:
             raise InputError(f"modality {name!r}: no observed, labelled training rows to train a classifier on")
         torch.manual_seed(seed)
         vocab = int(max(x.max(), xt.max() if len(xt) else 0)) + 1 if not x.is_floating_point() else None
-        clf = Classifier(x.shape[1:], num_classes, vocab=vocab).to(dev)
-        opt = torch.optim.Adam(clf.parameters(), lr=lr)
-        g = torch.Generator().manual_seed(seed)
-        clf.train()
-        for _ in range(epochs):
-            perm = torch.randperm(len(y), generator=g)
-            for i in range(0, len(y), batch_size):
-                idx = perm[i:i + batch_size]
-                loss = F.cross_entropy(clf(x[idx].to(dev)), y[idx].to(dev))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        clf.eval()
-        clf.meta = {"test_accuracy": _accuracy(clf, xt.to(dev), yt), "train_accuracy": _accuracy(clf, x.to(dev), y),
-                    "checksum": data_checksum(x, y), "n_train": len(y), "n_test": len(yt), "epochs": epochs,
-                    "seed": seed}
+        clf = fit_classifier(Classifier(x.shape[1:], num_classes, vocab=vocab).to(dev), x, y, epochs,
+                             batch_size=batch_size, lr=lr, seed=seed, shift=shift)
+        clf.meta = {"version": CLASSIFIER_VERSION, "test_accuracy": accuracy(clf, xt.to(dev), yt),
+                    "train_accuracy": accuracy(clf, x.to(dev), y), "checksum": data_checksum(x, y),
+                    "n_train": len(y), "n_test": len(yt), "epochs": epochs, "seed": seed,
+                    "time_s": round(time.time() - start, 2)}
         out[name] = clf
     return out
 
@@ -155,16 +242,40 @@ def check_accuracy(classifiers: dict, threshold: float) -> dict[str, float]:
     return accs
 
 
+def _replace_file(path: Path, write) -> None:
+    """Replace `path` atomically: `write(file)` into a temp file named by our pid in the same folder, fsync,
+    os.replace."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_classifiers(classifiers: dict[str, Classifier], folder) -> Path:
-    """folder/classifiers.pt (state dicts only; loads with weights_only=True) and folder/classifiers.json (spec
-    and meta per modality). Returns the folder."""
+    """folder/classifiers.pt ({modality: state dict}; loads with weights_only=True) and folder/classifiers.json
+    ({modality: {"spec": Classifier arguments, "meta": accuracy, checksum, ...}}), each replaced atomically.
+    Returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({n: {k: v.detach().cpu() for k, v in c.state_dict().items()} for n, c in classifiers.items()},
-               folder / WEIGHTS_FILE)
+    states = {n: {k: v.detach().cpu() for k, v in c.state_dict().items()} for n, c in classifiers.items()}
     meta = {n: {"spec": c.spec, "meta": c.meta} for n, c in classifiers.items()}
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    _replace_file(folder / WEIGHTS_FILE, lambda f: torch.save(states, f))
+    _replace_file(folder / META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode() + b"\n"))
     return folder
+
+
+def _build(spec: dict, state: dict, map_location) -> Classifier:
+    """A Classifier from its JSON spec and state dict (TypeError, KeyError, RuntimeError, InputError if they do
+    not fit)."""
+    spec = dict(spec)
+    clf = Classifier(spec.pop("in_shape"), spec.pop("num_classes"), **spec)
+    clf.load_state_dict(state)
+    return clf.eval().to(map_location)
 
 
 def load_classifiers(folder, map_location="cpu") -> dict[str, Classifier] | None:
@@ -177,23 +288,89 @@ def load_classifiers(folder, map_location="cpu") -> dict[str, Classifier] | None
         meta = json.loads((folder / META_FILE).read_text())
         out = {}
         for name, entry in meta.items():
-            spec = dict(entry["spec"])
-            clf = Classifier(spec.pop("in_shape"), spec.pop("num_classes"), **spec)
-            clf.load_state_dict(states[name])
-            clf.meta = entry["meta"]
-            out[name] = clf.eval().to(map_location)
-    except (KeyError, RuntimeError, ValueError) as e:
+            out[name] = _build(entry["spec"], states[name], map_location)
+            out[name].meta = entry["meta"]
+    except (KeyError, RuntimeError, ValueError, TypeError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"{folder}: cannot load the cached classifiers ({e}); delete them to retrain") from e
     return out
 
 
 def classifiers_match(classifiers: dict[str, Classifier] | None, train) -> bool:
-    """True if there is a cached classifier for every modality and each was trained on exactly this data."""
+    """True if there is a cached classifier of this version for every modality and each was trained on exactly
+    this data."""
     if not classifiers:
         return False
     train = as_eval_data(train)
     for name in train.names:
         c = classifiers.get(name)
-        if c is None or c.meta.get("checksum") != data_checksum(*modality_data(train, name)):
+        if c is None or c.meta.get("version") != CLASSIFIER_VERSION or \
+                c.meta.get("checksum") != data_checksum(*modality_data(train, name)):
             return False
     return True
+
+
+def _read_user_files(folder: Path) -> tuple[dict, dict]:
+    """(states, configs) of a user's classifier folder, or InputError naming the file and what is wrong."""
+    weights, config = folder / WEIGHTS_FILE, folder / META_FILE
+    for path in (weights, config):
+        if not path.is_file():
+            raise InputError(f"--classifiers {folder}: {path} not found (the folder must hold {WEIGHTS_FILE}, a "
+                             f"weights-only {{modality: state dict}}, and {META_FILE}, {{modality: {{\"spec\": "
+                             f"...}}}}, as save_classifiers writes)")
+    try:
+        configs = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{config}: not valid JSON ({e})") from e
+    try:
+        states = torch.load(weights, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{weights}: not a weights-only file of state dicts; torch.load(weights_only=True) "
+                         f"refused it ({first}); save plain state dicts, e.g. with save_classifiers") from e
+    for path, obj in ((config, configs), (weights, states)):
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}: expected a mapping modality -> classifier, got {type(obj).__name__}")
+    return states, configs
+
+
+def _check_spec(name: str, entry, config: Path, shape: tuple, num_classes: int | None) -> dict:
+    """The spec of modality `name` after checking its input shape and class count against the dataset's."""
+    spec = entry.get("spec") if isinstance(entry, dict) else None
+    if not isinstance(spec, dict) or "in_shape" not in spec or "num_classes" not in spec:
+        raise InputError(f"modality {name!r}: {config} needs an entry {{\"spec\": {{\"in_shape\": ..., "
+                         f"\"num_classes\": ..., \"kind\": ...}}}} for it")
+    if [int(s) for s in spec["in_shape"]] != list(shape):
+        raise InputError(f"modality {name!r}: the classifier in {config} takes input shape "
+                         f"{list(spec['in_shape'])}, the dataset's is {list(shape)}")
+    if num_classes is not None and int(spec["num_classes"]) != num_classes:
+        raise InputError(f"modality {name!r}: the classifier in {config} has {spec['num_classes']} classes, the "
+                         f"dataset has {num_classes}")
+    return spec
+
+
+def load_user_classifiers(folder, shapes: dict[str, tuple], num_classes: int | None, map_location="cpu"
+                          ) -> dict[str, Classifier]:
+    """A user's classifiers for the modalities `shapes` (name -> input shape) from `folder` in the format
+    `save_classifiers` writes; the weights are read with torch.load(weights_only=True) only.
+
+    InputError naming the modality, the file and the mismatch for a missing modality, another input shape or
+    number of classes (not checked when None), weights that do not fit their spec, or a file that is not
+    weights-only.
+    """
+    folder = Path(folder)
+    states, configs = _read_user_files(folder)
+    config, weights = folder / META_FILE, folder / WEIGHTS_FILE
+    out = {}
+    for name, shape in shapes.items():
+        if name not in configs:
+            raise InputError(f"modality {name!r}: no classifier for it in {config} (it has {sorted(configs)})")
+        if name not in states:
+            raise InputError(f"modality {name!r}: no state dict for it in {weights} (it has {sorted(states)})")
+        spec = _check_spec(name, configs[name], config, tuple(shape), num_classes)
+        try:
+            out[name] = _build(spec, states[name], map_location)
+        except (TypeError, KeyError, RuntimeError, InputError) as e:
+            raise InputError(f"modality {name!r}: the weights in {weights} do not fit the spec in {config} "
+                             f"({str(e).strip().splitlines()[0]})") from e
+        out[name].meta = dict(configs[name].get("meta") or {})
+    return out

@@ -31,6 +31,7 @@ from .run_files import (
     json_safe,
     read_history,
     read_run_config,
+    user_classifiers,
     write_json,
 )
 from .settings import METRICS, EvalSettings
@@ -74,16 +75,18 @@ class _Evaluation:
     seed: int
     timer: Timer
     classifiers: dict | None = None  # the user's, else trained or cached
+    classifier_dir: Path | None = None  # where the user's came from (`--classifiers DIR`)
     plots: dict[str, str] = field(default_factory=dict)
 
 
 def evaluate_run(run_dir, metrics=METRICS, out=None, device: str = "auto", seed: int = 0, n_test: int | None = None,
-                 quick: bool = False, classifiers: dict | None = None, **overrides) -> dict:
+                 quick: bool = False, classifiers: dict | str | Path | None = None, **overrides) -> dict:
     """Evaluate the model in `run_dir` on its dataset's test split; write metrics.json and report.md (with PNGs)
     to `out` (default: the run folder). Returns what metrics.json holds.
 
     metrics: any of "coherence", "latent", "imputation", "disentanglement" (those that do not apply to the
-    dataset are recorded as skipped). classifiers: your own coherence classifiers {modality: x -> logits};
+    dataset are recorded as skipped). classifiers: your own coherence classifiers {modality: x -> logits}, or a
+    folder of them in the format `save_classifiers` writes (checked against the dataset, scored on its test rows);
     otherwise they are trained (or reused) in run_dir/classifiers. overrides: any field of EvalSettings.
     """
     start = time.time()
@@ -117,7 +120,7 @@ def evaluate_run(run_dir, metrics=METRICS, out=None, device: str = "auto", seed:
 
 
 def _open(run_dir: Path, out: Path, dev: torch.device, seed: int, n_test: int | None, settings: EvalSettings,
-          classifiers: dict | None, timings: dict) -> _Evaluation:
+          classifiers: dict | str | Path | None, timings: dict) -> _Evaluation:
     """Load the run's config, model and its dataset's splits; resolve batch_rows for the device."""
     from ..datasets import get_dataset
 
@@ -128,9 +131,12 @@ def _open(run_dir: Path, out: Path, dev: torch.device, seed: int, n_test: int | 
     train_set, test_set = get_dataset(name, "train", **ds_kw), get_dataset(name, "test", **ds_kw)
     if settings.batch_rows is None:  # rows (tuples x subsets, x samples where drawn) per model call
         settings = replace(settings, batch_rows=200_000 if dev.type == "cuda" else 20_000)
-    return _Evaluation(run_dir, out, config, name, ds_kw, model, train_set, test_set, as_eval_data(train_set, names),
-                       as_eval_data(test_set, names, n=n_test, seed=seed), settings, dev, seed, Timer(timings, seed),
-                       classifiers)
+    train, test = as_eval_data(train_set, names), as_eval_data(test_set, names, n=n_test, seed=seed)
+    folder = Path(classifiers) if isinstance(classifiers, (str, Path)) else None
+    if folder is not None:  # checked before any metric runs
+        classifiers = user_classifiers(folder, train, test, dev)
+    return _Evaluation(run_dir, out, config, name, ds_kw, model, train_set, test_set, train, test, settings, dev,
+                       seed, Timer(timings, seed), classifiers, folder)
 
 
 def _coherence(ev: _Evaluation) -> dict:
@@ -144,7 +150,8 @@ def _coherence(ev: _Evaluation) -> dict:
                                                   s.classifier_epochs, ev.seed)
     section = {"classifiers": {
         "source": "user" if reused is None else ("cached" if reused else "trained"),
-        "folder": None if reused is None else str(ev.run_dir / CLASSIFIER_DIR),
+        "folder": str(ev.run_dir / CLASSIFIER_DIR) if reused is not None else
+        (str(ev.classifier_dir) if ev.classifier_dir else None),
         "min_accuracy": s.min_accuracy,
         "per_modality": {m: getattr(c, "meta", {}) for m, c in classifiers.items()}}}
     try:

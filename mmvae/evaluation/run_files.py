@@ -9,7 +9,15 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InputError
-from .classifiers import classifiers_match, load_classifiers, save_classifiers, train_classifiers
+from .classifiers import (
+    accuracy,
+    classifiers_match,
+    load_classifiers,
+    load_user_classifiers,
+    modality_data,
+    save_classifiers,
+    train_classifiers,
+)
 
 CLASSIFIER_DIR = "classifiers"
 
@@ -70,3 +78,18 @@ def get_classifiers(run_dir, train, test, device, epochs: int, seed: int) -> tup
     clfs = train_classifiers(train, test, epochs=epochs, device=device, seed=seed)
     save_classifiers(clfs, folder)
     return clfs, False
+
+
+def user_classifiers(folder, train, test, device) -> dict:
+    """`mmvae evaluate --classifiers DIR`: the user's classifiers in DIR (the format `save_classifiers` writes),
+    checked against the evaluation data's input shapes and number of classes, each scored on the evaluation's
+    test rows (meta "test_accuracy", so `check_accuracy` applies to them as to ours). train, test: EvalData."""
+    shapes = {m: tuple(train.data[m].shape[1:]) for m in train.names}
+    num_classes = train.num_classes if train.labels is not None else None
+    clfs = load_user_classifiers(folder, shapes, num_classes, map_location=device)
+    if test.labels is not None:
+        for m, c in clfs.items():
+            x, y = modality_data(test, m)
+            c.meta = {**c.meta, "test_accuracy": accuracy(c, x, y), "n_test": len(y),
+                      "scored_on": "the evaluation's test rows"}
+    return clfs

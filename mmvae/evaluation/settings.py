@@ -12,7 +12,7 @@ METRICS = ("coherence", "latent", "imputation", "disentanglement")
 class EvalSettings:
     """Sample sizes and thresholds of one evaluation; the defaults are the full settings (numbers to publish)."""
 
-    classifier_epochs: int = 10  # training epochs of each coherence classifier
+    classifier_epochs: int = 8  # training epochs of each coherence classifier (one-cycle schedule)
     min_accuracy: float = 0.8  # coherence is refused when a classifier's test accuracy is below this
     coherence_samples: int = 1  # generations per (S, tuple) in conditional coherence
     joint_samples: int = 1000  # prior samples in joint coherence

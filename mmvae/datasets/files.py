@@ -1,0 +1,291 @@
+"""Your own data: a `.npz` file (one array per modality) or a folder (one sub-folder of images per modality).
+
+`.npz`: every array is a modality named by its key, except the reserved keys `labels` (int `[N]`, class >= 0),
+`split` (int `[N]`: 0 = train, 1 = test) and `<name>__avail` (bool `[N]`, False where modality `name` is missing).
+A float row that is entirely NaN is missing (the rule of `validation.observed_rows`); integer rows cannot hold
+NaN and use `<name>__avail`. Folder: `root/<modality>/<stem>.png|jpg`, tuples paired by file stem, a stem absent
+from a sub-folder is that modality missing; optional `root/labels.csv` and `root/split.csv` (lines `stem,value`).
+Without a split, a fraction `test_fraction` (10%) of the tuples, drawn by `seed`, is the test split.
+
+Likelihoods from dtype, shape and range: float `[N, C, H, W]` in [0, 1] and uint8 `[N, C, H, W]` (scaled by 1/255)
+are images with the Laplace likelihood (as PolyDigits); other floats are Gaussian; bool arrays are Bernoulli; other
+integer arrays are categorical tokens with num_classes = max + 1 over the whole file.
+"""
+from __future__ import annotations
+
+import csv
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..validation import observed_rows
+from .base import MultimodalDataset
+
+RESERVED = ("labels", "split")
+AVAIL_SUFFIX = "__avail"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+TEST_FRACTION = 0.1
+SPLITS = {"train": 0, "test": 1}
+
+
+def is_reserved(key: str) -> bool:
+    """Whether an array key of a data `.npz` is not a modality: `labels`, `split` or `<name>__avail`."""
+    return key in RESERVED or key.endswith(AVAIL_SUFFIX)
+
+
+def read_npz(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Arrays of a `.npz` (read without unpickling), checked for numbers and one common row count.
+
+    With `names` (a model's modalities), every key must be one of them or reserved (`is_reserved`).
+    """
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except ValueError as e:  # object arrays need pickle: refused
+        raise InputError(f"{path}: cannot read arrays without unpickling ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: not a readable .npz file ({e})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InputError(f"{path}: expected a .npz archive with one array per modality, got a single "
+                         f"{type(loaded).__name__}")
+    try:
+        with loaded as f:
+            arrays = {k: f[k] for k in f.files}
+    except ValueError as e:  # object arrays need pickle: refused
+        raise InputError(f"{path}: cannot read arrays without unpickling ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise InputError(f"{path}: damaged .npz archive ({e})") from None
+    if names is not None:
+        unknown = sorted(k for k in set(arrays) - set(names) if not is_reserved(k))
+        if unknown:
+            raise InputError(f"{path}: array {unknown[0]!r} is not a modality of this model (known: {names})")
+    if not [k for k in arrays if not is_reserved(k)]:
+        what = "no arrays" if not arrays else f"no modality arrays, only {sorted(arrays)}"
+        raise InputError(f"{path}: {what}" + (f"; expected some of {names}" if names else ""))
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise InputError(f"{path}: array {k!r} (modality {k!r}): expected numbers (bool, int or float), got "
+                             f"dtype {a.dtype}")
+        if a.ndim == 0:
+            raise InputError(f"{path}: array {k!r} (modality {k!r}): expected [N, ...] rows, got a scalar")
+    rows = {k: a.shape[0] for k, a in arrays.items()}
+    if len(set(rows.values())) > 1:
+        raise InputError(f"{path}: arrays have different numbers of rows (ragged): {rows}")
+    return arrays
+
+
+def nan_rows(a: np.ndarray) -> np.ndarray:
+    """`validation.observed_rows` (the one rule) on a numpy array: float rows entirely NaN are missing.  # [N]"""
+    return observed_rows(torch.from_numpy(np.ascontiguousarray(a))).numpy()
+
+
+def _avail_mask(path: Path, arrays: dict, name: str) -> np.ndarray:
+    """Rows where modality `name` is observed: not all-NaN, and True in `<name>__avail` when given.  # [N]"""
+    a = arrays[name]
+    rows = nan_rows(a)
+    mask = arrays.get(name + AVAIL_SUFFIX)
+    if mask is not None:
+        if mask.dtype.kind not in "biu" or mask.shape != (a.shape[0],) or not np.isin(mask, (0, 1)).all():
+            raise InputError(f"{path}: array {name + AVAIL_SUFFIX!r}: expected a bool [N] mask, got dtype "
+                             f"{mask.dtype} and shape {list(mask.shape)}")
+        rows = rows & mask.astype(bool)
+    if a.dtype.kind == "f":
+        flat = a.reshape(a.shape[0], -1)[rows]
+        bad = np.flatnonzero(~np.isfinite(flat).all(1))
+        if bad.size:
+            raise InputError(f"{path}: array {name!r} (modality {name!r}): row {int(np.flatnonzero(rows)[bad[0]])} "
+                             f"is partly NaN or infinite; a missing modality is a row that is entirely NaN")
+    return rows
+
+
+def _modality(path: Path, name: str, a: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, str | dict]:
+    """The tensor `[N, ...]` of one modality and its likelihood, picked from dtype, shape and value range."""
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.dtype == np.uint8 and a.ndim == 4:
+        return torch.from_numpy(a.astype(np.float32) / 255.0), "laplace"
+    if a.dtype.kind == "b":
+        return torch.from_numpy(a.astype(np.float32)), "bernoulli"
+    if a.dtype.kind in "iu":
+        seen = a[rows]
+        if seen.size and seen.min() < 0:
+            raise InputError(f"{path}: array {name!r} (modality {name!r}): integer tokens must be >= 0, got "
+                             f"{int(seen.min())}")
+        t = torch.from_numpy(np.where(rows.reshape(-1, *[1] * (a.ndim - 1)), a, 0).astype(np.int64))
+        return t, {"name": "categorical", "num_classes": int(seen.max()) + 1 if seen.size else 1}
+    t = torch.from_numpy(a.astype(np.float32))
+    seen = a[rows]
+    in_unit = seen.size > 0 and seen.min() >= 0.0 and seen.max() <= 1.0
+    return t, ("laplace" if a.ndim == 4 and in_unit else "gaussian")
+
+
+def _int_rows(path: Path, key: str, a: np.ndarray, n: int, allowed: tuple | None = None) -> np.ndarray:
+    """A reserved per-tuple integer array (`labels`, `split`) checked: integer `[N]`, values >= 0 (or allowed)."""
+    if a.dtype.kind not in "biu" or a.shape != (n,):
+        raise InputError(f"{path}: array {key!r}: expected integers [N] = [{n}], got dtype {a.dtype} and shape "
+                         f"{list(a.shape)}")
+    a = a.astype(np.int64)
+    bad = ~np.isin(a, allowed) if allowed is not None else a < 0
+    if bad.any():
+        want = f"one of {list(allowed)}" if allowed is not None else ">= 0"
+        raise InputError(f"{path}: array {key!r}: values must be {want}, got {int(a[bad][0])} "
+                         f"(row {int(np.flatnonzero(bad)[0])})")
+    return a
+
+
+def held_out(n: int, split: np.ndarray | None, seed: int, test_fraction: float) -> np.ndarray:
+    """Which of n tuples are test: `split == 1`, else a fraction drawn by `seed` (at least one of two or more)."""
+    if split is not None:
+        return split == SPLITS["test"]
+    if not 0.0 <= test_fraction < 1.0:
+        raise InputError(f"test_fraction must lie in [0, 1), got {test_fraction!r}")
+    n_test = max(1, round(test_fraction * n)) if n >= 2 and test_fraction > 0 else 0
+    is_test = np.zeros(n, dtype=bool)
+    is_test[np.random.default_rng(seed).permutation(n)[:n_test]] = True
+    return is_test
+
+
+def build_dataset(path: Path, data: dict[str, np.ndarray], avail: np.ndarray, labels: np.ndarray | None,
+                  split_rows: np.ndarray | None, split: str, seed: int, test_fraction: float) -> MultimodalDataset:
+    """The `split` of tuples `data` (`[N, ...]` per modality, availability `avail [N, M]`): rows with nothing
+    observed are left out, likelihoods are picked from each modality's whole column."""
+    if split not in SPLITS:
+        raise InputError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    tensors, liks = {}, {}
+    for j, (name, a) in enumerate(data.items()):
+        tensors[name], liks[name] = _modality(path, name, a, avail[:, j])
+    keep = avail.any(1)  # [N]
+    is_test = held_out(len(keep), split_rows, seed, test_fraction)
+    rows = np.flatnonzero(keep & (is_test == (split == "test")))
+    if rows.size == 0:
+        raise InputError(f"{path}: the {split} split is empty ({int(keep.sum())} tuples with something observed)")
+    idx = torch.from_numpy(rows)
+    num_classes = int(labels.max()) + 1 if labels is not None and labels.size else None
+    ds = MultimodalDataset({k: t[idx] for k, t in tensors.items()}, torch.from_numpy(avail[rows]),
+                           None if labels is None else torch.from_numpy(labels[rows]), likelihoods=liks,
+                           num_classes=num_classes)
+    ds.source = str(path)
+    return ds
+
+
+def load_npz_dataset(path, split: str = "train", seed: int = 0,
+                     test_fraction: float = TEST_FRACTION) -> MultimodalDataset:
+    """The `split` of a data `.npz` (format in the module docstring)."""
+    path = Path(path)
+    arrays = read_npz(path)
+    names = [k for k in arrays if not is_reserved(k)]
+    orphans = [k for k in arrays if k.endswith(AVAIL_SUFFIX) and k[:-len(AVAIL_SUFFIX)] not in names]
+    if orphans:
+        raise InputError(f"{path}: array {orphans[0]!r} masks no modality (modalities: {names})")
+    n = arrays[names[0]].shape[0]
+    avail = np.stack([_avail_mask(path, arrays, k) for k in names], 1)  # [N, M]
+    labels = _int_rows(path, "labels", arrays["labels"], n) if "labels" in arrays else None
+    split_rows = _int_rows(path, "split", arrays["split"], n, (0, 1)) if "split" in arrays else None
+    return build_dataset(path, {k: arrays[k] for k in names}, avail, labels, split_rows, split, seed, test_fraction)
+
+
+def _read_image(file: Path) -> np.ndarray:
+    """One image as uint8 `[C, H, W]`: C = 1 for grey-level files, else 3 (RGB; alpha dropped)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as img:
+            grey = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+            a = np.asarray(img.convert("L" if grey else "RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+        raise InputError(f"{file}: not a readable image ({e})") from None
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _stems(folder: Path) -> dict[str, Path]:
+    """stem -> image file of one modality's sub-folder; two files with one stem are an error."""
+    out: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        if file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("."):
+            if file.stem in out:
+                raise InputError(f"{file}: two images with stem {file.stem!r} (also {out[file.stem].name})")
+            out[file.stem] = file
+    return out
+
+
+def _read_csv(file: Path, stems: list[str], kind) -> np.ndarray | None:
+    """Values of `file` (lines `stem,value`, an optional header) for every stem, via `kind(value)`; None if absent."""
+    if not file.exists():
+        return None
+    table = {}
+    with file.open(newline="") as f:
+        for i, row in enumerate(csv.reader(f)):
+            if not row or (i == 0 and row[0].strip().lower() == "stem"):
+                continue
+            if len(row) != 2:
+                raise InputError(f"{file}: line {i + 1}: expected 'stem,value', got {','.join(row)!r}")
+            try:
+                table[row[0].strip()] = kind(row[1].strip())
+            except (ValueError, KeyError):
+                raise InputError(f"{file}: line {i + 1}: bad value {row[1]!r} for stem {row[0]!r}") from None
+    missing = [s for s in stems if s not in table]
+    if missing:
+        raise InputError(f"{file}: no entry for stem {missing[0]!r} ({len(missing)} stems have none)")
+    return np.array([table[s] for s in stems], dtype=np.int64)
+
+
+def _label(value: str) -> int:
+    """A class label: an integer >= 0."""
+    if int(value) < 0:
+        raise ValueError(value)
+    return int(value)
+
+
+def load_image_folder(path, split: str = "train", seed: int = 0,
+                      test_fraction: float = TEST_FRACTION) -> MultimodalDataset:
+    """The `split` of an image folder (format in the module docstring)."""
+    path = Path(path)
+    folders = {d.name: _stems(d) for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    folders = {k: v for k, v in folders.items() if v}
+    if not folders:
+        raise InputError(f"{path}: no sub-folder with images ({'/'.join(IMAGE_SUFFIXES)}); expected one per modality")
+    stems = sorted(set().union(*folders.values()))
+    data, avail = {}, np.zeros((len(stems), len(folders)), dtype=bool)  # [N, M]
+    for j, (name, files) in enumerate(folders.items()):
+        first = _read_image(next(iter(files.values())))
+        a = np.zeros((len(stems), *first.shape), dtype=np.uint8)  # [N, C, H, W]
+        for i, stem in enumerate(stems):
+            if stem in files:
+                img = _read_image(files[stem])
+                if img.shape != first.shape:
+                    raise InputError(f"{files[stem]}: image of shape {list(img.shape)} [C, H, W], but modality "
+                                     f"{name!r} has {list(first.shape)} (from {next(iter(files.values())).name})")
+                a[i], avail[i, j] = img, True
+        data[name] = a
+    labels = _read_csv(path / "labels.csv", stems, _label)
+    split_rows = _read_csv(path / "split.csv", stems, lambda v: SPLITS[v.lower()] if v.isalpha() else int(v))
+    if split_rows is not None and not np.isin(split_rows, (0, 1)).all():
+        raise InputError(f"{path / 'split.csv'}: values must be train/test or 0/1")
+    return build_dataset(path, data, avail, labels, split_rows, split, seed, test_fraction)
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a `--dataset` value names a file or folder rather than a registered dataset."""
+    return name.lower().endswith(".npz") or "/" in name or "\\" in name or Path(name).exists()
+
+
+def resolve(name: str) -> str:
+    """A dataset name as a run's config.json stores it: a path made absolute, a registered name unchanged."""
+    return str(Path(name).expanduser().resolve()) if looks_like_path(name) else name
+
+
+def from_path(name: str, split: str = "train", seed: int = 0,
+              test_fraction: float = TEST_FRACTION) -> MultimodalDataset:
+    """The `split` of the `.npz` file or image folder at `name`; InputError if it does not exist."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return load_image_folder(path, split, seed, test_fraction)
+    if path.is_file():
+        return load_npz_dataset(path, split, seed, test_fraction)
+    raise InputError(f"{path}: no such file or folder (a dataset is a registered name, a .npz file or a folder)")
