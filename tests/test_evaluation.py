@@ -39,13 +39,7 @@ from mmvae.networks import MLPDecoder, MLPEncoder
 C = 10  # classes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and on a busy 2-core machine far faster (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def separable(n: int, M: int = 5, d: int = 8, seed: int = 0) -> MultimodalDataset:
