@@ -103,7 +103,7 @@ class SubsetObjective(Objective):
     subset per sample (forced True under "sum"). None takes the aggregator's declared default.
 
     The base owns the prologue (`draw`): encode, aggregate, draw subsets, rsample z, score every modality.
-    A subclass implements `loss(draws)`.
+    A subclass implements `loss(draws, model)` (model: its `prior` and `names` only).
     """
 
     n_samples = 1  # L
