@@ -28,6 +28,8 @@ WEIGHTS_FILE, META_FILE = "classifiers.pt", "classifiers.json"
 #: bumped whenever the networks or their training change: cached classifiers of another version are retrained
 CLASSIFIER_VERSION = 3
 KINDS = ("conv", "mlp", "tokens")
+#: default learning rates: the ResNets' one-cycle peak (BatchNorm takes a high one), the MLP and token nets' constant
+CONV_LR, DENSE_LR = 6e-3, 2e-3
 
 
 def _norm(c: int) -> nn.BatchNorm2d:
@@ -168,17 +170,19 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tenso
     return pad.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
 
 
-def fit_classifier(clf: Classifier, x: Tensor, y: Tensor, epochs: int, batch_size: int = 128, lr: float = 2e-3,
-                   seed: int = 0, shift: int = 1) -> Classifier:
+def fit_classifier(clf: Classifier, x: Tensor, y: Tensor, epochs: int, batch_size: int = 128,
+                   lr: float | None = None, seed: int = 0, shift: int = 1) -> Classifier:
     """Train `clf` on x [n, *shape], y [n] with AdamW (weight decay 1e-4): ResNets under a one-cycle learning-rate
-    schedule peaking at `lr`, on images shifted by up to `shift` pixels at random; the small MLP and token nets at
-    the constant `lr` (they converge in a few steps, which a warm-up would waste). Returns clf in eval mode."""
+    schedule peaking at `lr` (default CONV_LR), on images shifted by up to `shift` pixels at random; the small MLP
+    and token nets at the constant `lr` (default DENSE_LR: they converge in a few steps, which a warm-up would
+    waste). Returns clf in eval mode."""
     dev = next(clf.parameters()).device
     steps = epochs * math.ceil(len(y) / batch_size)
     if steps == 0:
         return clf.eval()
-    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-4)
     images = clf.spec["kind"] == "conv"
+    lr = lr if lr is not None else (CONV_LR if images else DENSE_LR)
+    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15) if images \
         else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
     g = torch.Generator().manual_seed(seed)
@@ -187,6 +191,8 @@ def fit_classifier(clf: Classifier, x: Tensor, y: Tensor, epochs: int, batch_siz
         perm = torch.randperm(len(y), generator=g)
         for i in range(0, len(y), batch_size):
             idx = perm[i:i + batch_size]
+            if len(idx) == 1 < len(y) and images:
+                continue  # BatchNorm's training statistics need two rows (a 1x1 feature map of one row has none)
             xb = x[idx].to(dev)
             if images:
                 xb = random_shift(xb.float(), shift, g)
@@ -195,12 +201,37 @@ def fit_classifier(clf: Classifier, x: Tensor, y: Tensor, epochs: int, batch_siz
             loss.backward()
             opt.step()
             schedule.step()
+    if images:
+        recalibrate_batchnorm(clf, x, batch_size=max(batch_size, 256))
     return clf.eval()
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(clf: nn.Module, x: Tensor, batch_size: int = 256, max_rows: int = 8192) -> None:
+    """Reset the BatchNorm running statistics of `clf` to their plain average over (a random max_rows of) the
+    unshifted training images x [n, C, H, W]: after few training steps the momentum average still leans on its
+    initial (0, 1), which would spoil evaluation-mode predictions. Leaves clf in training mode."""
+    bns = [m for m in clf.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(x) == 0:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    dev = next(clf.parameters()).device
+    clf.train()
+    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:max_rows]  # any class order
+    for i in range(0, len(rows), batch_size):
+        if 0 < i and len(rows) - i < batch_size // 2:
+            break  # a small last chunk would weigh as much as a full one in the average
+        clf(x[rows[i:i + batch_size]].to(dev).float())
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+
+
 def train_classifiers(train, test, epochs: int = 10, device: str | torch.device = "auto", seed: int = 0,
-                      batch_size: int = 128, lr: float = 2e-3, modalities: list[str] | None = None, shift: int = 1
-                      ) -> dict[str, Classifier]:
+                      batch_size: int = 128, lr: float | None = None, modalities: list[str] | None = None,
+                      shift: int = 1) -> dict[str, Classifier]:
     """One classifier per modality, trained on the real observed training rows and scored on the test rows.
 
     Each gets `.meta = {version, test_accuracy, train_accuracy, checksum (sha256 of its training x and y),
