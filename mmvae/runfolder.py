@@ -14,14 +14,8 @@ import os
 import time
 from pathlib import Path
 
+from .atomic import write_text
 from .checkpoint import TrainingState, remove_stale_temporaries, save_checkpoint
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Replace `path` atomically with `text`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _json_safe(value):
@@ -52,18 +46,18 @@ class RunFolder:
 
     def write_config(self, config: dict) -> None:
         """`config.json`: the model configuration, trainer settings, seed and versions."""
-        _write_text(self.path("config.json"), json.dumps(config, indent=2, default=str) + "\n")
+        write_text(self.path("config.json"), json.dumps(config, indent=2, default=str) + "\n")
 
     def write_history(self, history: list[dict]) -> None:
         """`metrics.jsonl` (one JSON object per epoch) and `metrics.csv` (one row per epoch, union of columns)."""
         rows = [{k: _json_safe(v) for k, v in h.items()} for h in history]
-        _write_text(self.path("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+        write_text(self.path("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
         columns = list(dict.fromkeys(k for r in rows for k in r))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
-        _write_text(self.path("metrics.csv"), buf.getvalue())
+        write_text(self.path("metrics.csv"), buf.getvalue())
         if self.tb is not None and history:
             last = history[-1]
             for k, v in last.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import replace_file
 from ..errors import InputError
 from .base import MultimodalDataset
 from .idx import FASHION_FILES, _match, read_idx
@@ -136,10 +137,7 @@ def _save_cached(path: Path, fingerprint: str, images: np.ndarray) -> None:
     """Write the cache atomically (temp file in the same folder, then os.replace); an unwritable cache is skipped."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images, fingerprint=np.array(fingerprint))
-        os.replace(tmp, path)
+        replace_file(path, lambda f: np.savez(f, images=images, fingerprint=np.array(fingerprint)))
     except OSError:
         pass
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import pickle
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..atomic import replace_file, write_json
 from ..devices import resolve_device
 from ..errors import CheckpointError, InputError
 from .subset_batches import as_eval_data
@@ -275,20 +275,6 @@ def check_accuracy(classifiers: dict, threshold: float) -> dict[str, float]:
     return accs
 
 
-def _replace_file(path: Path, write) -> None:
-    """Replace `path` atomically: `write(file)` into a temp file named by our pid in the same folder, fsync,
-    os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_classifiers(classifiers: dict[str, Classifier], folder) -> Path:
     """folder/classifiers.pt ({modality: state dict}; loads with weights_only=True) and folder/classifiers.json
     ({modality: {"spec": Classifier arguments, "meta": accuracy, checksum, ...}}), each replaced atomically.
@@ -297,8 +283,8 @@ def save_classifiers(classifiers: dict[str, Classifier], folder) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     states = {n: {k: v.detach().cpu() for k, v in c.state_dict().items()} for n, c in classifiers.items()}
     meta = {n: {"spec": c.spec, "meta": c.meta} for n, c in classifiers.items()}
-    _replace_file(folder / WEIGHTS_FILE, lambda f: torch.save(states, f))
-    _replace_file(folder / META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode() + b"\n"))
+    replace_file(folder / WEIGHTS_FILE, lambda f: torch.save(states, f))
+    write_json(folder / META_FILE, meta)
     return folder
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..atomic import write_json
 from ..errors import InputError
 from .markdown import table
 from .plots import coherence_plot
 from .run import evaluate_run
-from .run_files import json_safe, write_json
+from .run_files import json_safe
 
 
 def compare_runs(run_dirs, out, evaluate_missing: bool = True, **evaluate_kw) -> dict:

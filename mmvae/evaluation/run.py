@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_json
 from ..devices import resolve_device
 from ..errors import InputError
 from ..loading import load
@@ -32,7 +33,6 @@ from .run_files import (
     read_history,
     read_run_config,
     user_classifiers,
-    write_json,
 )
 from .settings import METRICS, EvalSettings
 from .subset_batches import EvalData, as_eval_data

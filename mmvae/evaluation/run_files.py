@@ -35,11 +35,6 @@ def json_safe(obj):
     return obj
 
 
-def write_json(path: Path, obj) -> None:
-    """obj (already JSON-safe) to path, indented, with a final newline."""
-    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
-
-
 def read_run_config(run_dir) -> dict:
     """The run folder's config.json (an empty dict if there is none)."""
     path = Path(run_dir) / "config.json"

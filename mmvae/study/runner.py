@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import write_json
 from ..errors import InputError
 from .grid import EVALUATE_FLAGS, Grid, Run
 
@@ -103,13 +104,8 @@ def _is_json(path: Path) -> bool:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Replace `path` with the JSON of `obj`: a temp file named by our pid, fsync, os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace `path` with the JSON of `obj` (atomically; values JSON cannot hold become strings)."""
+    write_json(path, obj, default=str)
 
 
 def visible_gpus() -> list[str]:
