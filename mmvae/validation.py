@@ -14,6 +14,13 @@ def _rows(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
+def is_a(value, kind: type) -> bool:
+    """isinstance, except that a bool is only a bool and an int is also a float."""
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
+
+
 def check_count(value, what: str, minimum: int) -> int:
     """`value` as an int >= minimum (Python, numpy or 0-d torch integers), else InputError naming `what`."""
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..validation import is_a
 
 
 def check_device(value: str, source: str) -> None:
@@ -51,7 +52,7 @@ class Option:
 
     def validate(self, value, source: str) -> None:
         """InputError naming `source`, the option and the value unless `value` has the type and lies in range."""
-        if not _is_a(value, self.type):
+        if not is_a(value, self.type):
             raise InputError(f"{source}: option {self.name!r} expects {self.type.__name__}, "
                              f"got {type(value).__name__} {value!r}")
         if self.low is not None and value < self.low:
@@ -61,13 +62,6 @@ class Option:
             raise InputError(f"{source}: option {self.name!r} must {bound}, got {value!r}")
         if self.check is not None:
             self.check(value, source)
-
-
-def _is_a(value, kind: type) -> bool:
-    """isinstance, except that a bool is only a bool and an int is also a float."""
-    if isinstance(value, bool):
-        return kind is bool
-    return isinstance(value, kind) or (kind is float and isinstance(value, int))
 
 
 #: the train settings, in the order of `--help` and of `settings` in a run's config.json

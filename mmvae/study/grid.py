@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..evaluation.settings import METRICS, EvalSettings
+from ..validation import is_a
 
 #: [study] keys -> (type, required); the study owns these train options, so [train] may not repeat them
 STUDY_KEYS = {"dataset": (str, True), "epochs": (int, True), "models": (list, True), "beta": (list, True),
@@ -79,15 +80,8 @@ class Grid:
                                                         *(self.axes[k] for k in keys))]
 
 
-def _is_a(value, kind: type) -> bool:
-    """isinstance, except that a bool is only a bool and an int is also a float."""
-    if isinstance(value, bool):
-        return kind is bool
-    return isinstance(value, kind) or (kind is float and isinstance(value, int))
-
-
 def _expect(value, kind: type, where: str) -> None:
-    if not _is_a(value, kind):
+    if not is_a(value, kind):
         raise InputError(f"{where} expects {kind.__name__}, got {type(value).__name__} {value!r}")
 
 
