@@ -22,7 +22,7 @@ from .cells import CellSums, summarise
 from .subset_batches import as_eval_data, conditioning_subsets, gather_rows, subset_batches
 
 
-def _error(imputed: Tensor, true: Tensor, discrete: bool, event_dims: int) -> Tensor:
+def row_error(imputed: Tensor, true: Tensor, discrete: bool, event_dims: int) -> Tensor:
     """Per-row error: mean squared error per dim, or the token mismatch rate for discrete data.  -> [..., B]"""
     dims = tuple(range(-event_dims, 0))
     if discrete:
@@ -44,7 +44,7 @@ def _sample_stats(out: Tensor, true: Tensor, disc: bool) -> tuple[Tensor, Tensor
     mode for tokens); the per-dim standard deviation across samples (for tokens: disagreement with the first draw).
     """
     event_dims = true.dim() - 1
-    err = _error(out, true[None], disc, event_dims).mean(0)  # [R]
+    err = row_error(out, true[None], disc, event_dims).mean(0)  # [R]
     if disc:
         mean_imp = out.float().mode(0).values.to(true.dtype)
         spread = (out != out[:1]).float().flatten(2).mean((0, 2))
@@ -52,7 +52,7 @@ def _sample_stats(out: Tensor, true: Tensor, disc: bool) -> tuple[Tensor, Tensor
         mean_imp = out.float().mean(0)
         spread = out.float().std(0, unbiased=False).flatten(1).mean(1) if out.shape[0] > 1 else \
             torch.zeros(out.shape[1], device=out.device)
-    return err, _error(mean_imp, true, disc, event_dims), spread
+    return err, row_error(mean_imp, true, disc, event_dims), spread
 
 
 def _summaries(cells: dict, stats: tuple[str, ...]) -> dict:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..devices import module_device
+from ..evaluation.imputation import row_error
 from .runner import write_json_atomic
 
 FILE = "reconstruction.json"
@@ -19,8 +21,6 @@ def self_reconstruction(model, dataset, n: int = 1000, batch_size: int = 500) ->
     """Per modality m, the mean squared error per dim (the mismatch rate for tokens) of the mean of
     p(x_m | z), z ~ q(z | x_m) (model.impute with x_m alone), over the first n test tuples that observe m.
     -> {"per_modality": {m: err}, "mean": mean over modalities, "n_tuples"}"""
-    from ..devices import module_device
-
     dev = module_device(model)
     names = list(model.names)
     rows = min(n, len(dataset))
@@ -35,10 +35,7 @@ def self_reconstruction(model, dataset, n: int = 1000, batch_size: int = 500) ->
                 continue
             x = dataset.data[m][start:stop][keep].to(dev)
             rec = model.impute({m: x}, targets=[m])[m]
-            if x.is_floating_point():
-                err = (rec.float() - x.float()).pow(2).flatten(1).mean(1)
-            else:
-                err = (rec != x).float().flatten(1).mean(1)
+            err = row_error(rec, x, not x.is_floating_point(), x.dim() - 1)  # [B']
             sums[m] += float(err.double().sum())
             counts[m] += int(keep.sum())
     per = {m: sums[m] / counts[m] for m in names if counts[m]}
