@@ -11,7 +11,6 @@ import math
 import os
 import pickle
 import platform
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .atomic import remove_dead_temporaries, replace_file
 from .errors import CheckpointError
 from .version import __version__
 
@@ -105,8 +105,9 @@ class TrainingState:
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Write `state` to `path` atomically: a temporary file in the same folder, fsync, then rename onto `path`.
 
-    A crash or an exception midway leaves any previous file at `path` untouched and no temporary file behind.
-    The format marker and library versions are added when missing.
+    A crash or an exception midway leaves any previous file at `path` untouched and no temporary file behind
+    (a failed write is a WriteError naming the path and the reason). The format marker and library versions are
+    added when missing.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,36 +115,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     state.setdefault("format", FORMAT)
     for name, version in versions().items():
         state.setdefault(f"{name}_version", version)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return replace_file(path, lambda f: torch.save(state, f))
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -162,15 +134,16 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     """The checkpoint dict at `path` (file or run folder), on the CPU, loaded with `weights_only=True` only.
 
     Raises CheckpointError for a file that carries pickled objects or code (it is never unpickled), a file that
-    is not a torch file, and one without the mmvae format marker.
+    is not a torch file, and one without the mmvae format marker. `mmap`: tensors mapped from the file, read
+    only when touched (for a look at the settings).
     """
     path = resolve_checkpoint(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         detail = [line.strip() for line in str(e).splitlines() if "Unsupported" in line][:1]
         raise CheckpointError(
@@ -184,6 +157,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not an mmvae checkpoint (expected format {FORMAT!r}, got {got!r})")
     return state
+
+
+def read_trainer_settings(path: str | os.PathLike) -> dict:
+    """The trainer settings a checkpoint records (lr, batch size, seed, ...), without reading its weights."""
+    state = read_checkpoint(path, mmap=True)
+    try:
+        settings = _json(state.get("trainer"), {})
+    except ValueError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}: the checkpoint's trainer settings are not a JSON object")
+    return settings
 
 
 def model_config(state: dict) -> dict | None:
@@ -276,6 +261,37 @@ def restore_modules(state: dict, model: nn.Module, optimizer: torch.optim.Optimi
     return restored
 
 
+def _numel(weights: dict) -> int:
+    """Numbers in a state_dict's tensors."""
+    return sum(t.numel() for t in weights.values() if isinstance(t, torch.Tensor))
+
+
+def check_finite_weights(state: dict, source) -> None:
+    """CheckpointError when a checkpoint's weights hold NaN or infinities (a diverged run): nothing built from
+    them is worth using."""
+    bad = [k for k, t in state.get("model", {}).items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{source}: the checkpoint's weights are not finite (NaN or inf in {len(bad)} "
+                              f"tensor(s), e.g. {bad[0]}); the run diverged, so it is not a model to use")
+
+
+def check_model_size(builder: Callable[[dict | None], nn.Module], cfg: dict | None, state: dict, source) -> None:
+    """Before building for real: build on the meta device (no memory) and compare its parameter count with the
+    checkpoint's weights; CheckpointError when the stored config asks for a model the weights cannot be (e.g.
+    a 200000 x 200000 layer), so that a damaged or crafted config never allocates."""
+    try:
+        with torch.device("meta"):
+            meta = builder(cfg)
+    except Exception:  # the real build below reports a config it cannot rebuild; a builder that needs real
+        return  # tensors gets no estimate
+    wanted, stored = _numel(meta.state_dict()), _numel(state.get("model", {}))
+    if wanted > max(stored, 1) * 1.01 + 1024:
+        raise CheckpointError(f"{source}: its model config asks for {wanted:,} numbers of weights, but the "
+                              f"checkpoint holds {stored:,}; the config does not describe these weights "
+                              "(damaged or edited), so the model is not built")
+
+
 def load_model(path: str | os.PathLike, builder: Callable[[dict | None], nn.Module],
                map_location: str | torch.device = "cpu") -> nn.Module:
     """`builder(config)` for the checkpoint's stored model config, its weights loaded, moved to `map_location`, in
@@ -286,6 +302,8 @@ def load_model(path: str | os.PathLike, builder: Callable[[dict | None], nn.Modu
     """
     state = read_checkpoint(path)
     cfg = model_config(state)
+    check_finite_weights(state, path)
+    check_model_size(builder, cfg, state, path)
     try:
         model = builder(cfg)
     except (TypeError, KeyError, ValueError, AttributeError) as e:
@@ -298,12 +316,5 @@ def load_model(path: str | os.PathLike, builder: Callable[[dict | None], nn.Modu
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete temporary files left by `save_checkpoint` in a process that was killed mid-write."""
-    removed = []
-    for tmp in Path(folder).glob(".*.pt.*.tmp"):
-        try:
-            tmp.unlink()
-            removed.append(tmp)
-        except OSError:
-            pass
-    return removed
+    """Delete the temporary checkpoint files of writers that are gone (killed mid-write); a live writer's stay."""
+    return remove_dead_temporaries(folder, ".*.pt.*.tmp")

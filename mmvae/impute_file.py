@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import replace_file
 from .datasets.files import AVAIL_SUFFIX, is_reserved, read_npz
 from .errors import InputError
 from .loading import load
@@ -14,11 +15,19 @@ from .validation import observed_rows
 
 def impute_npz(checkpoint: Path, src: Path, dst: Path, targets: list[str] | None = None, n_samples: int = 1,
                batch_size: int = 512) -> dict:
-    """Write `dst` with every modality completed; rows with nothing observed stay NaN and are reported."""
+    """Write `dst` (exactly that path, replaced atomically) with every modality completed; rows with nothing
+    observed stay NaN and are reported."""
+    dst = Path(dst)
+    if not dst.parent.is_dir():  # before any work: the folder of the output must exist
+        raise InputError(f"--out {dst}: the folder {dst.parent} does not exist")
+    if dst.is_dir():
+        raise InputError(f"--out {dst} is a folder; give the .npz file to write")
     model = load(checkpoint)
     arrays = read_npz(src, model.names)
     extras = {k: arrays.pop(k) for k in list(arrays) if is_reserved(k)}  # labels, split, <name>__avail
     N = next(iter(arrays.values())).shape[0]
+    if N == 0:
+        raise InputError(f"{src}: the arrays have no rows; nothing to impute")
     present = np.zeros((N, len(model.names)), dtype=bool)  # [N, M]
     for k, a in arrays.items():
         mask = extras.get(k + AVAIL_SUFFIX, np.ones(N, dtype=bool)).astype(bool)
@@ -49,5 +58,6 @@ def impute_npz(checkpoint: Path, src: Path, dst: Path, targets: list[str] | None
             missing = ~present[rows, model.names.index(t)]
             out[t][rows[missing]] = value.cpu().numpy()[missing]
             imputed += int(missing.sum())
-    np.savez(dst, **out, **{k: v for k, v in extras.items() if not k.endswith(AVAIL_SUFFIX)})
+    kept = {k: v for k, v in extras.items() if not k.endswith(AVAIL_SUFFIX)}
+    replace_file(dst, lambda f: np.savez(f, **out, **kept))  # to a file object: no ".npz" appended
     return {"imputed": imputed, "empty_rows": empty.tolist(), "targets": targets}

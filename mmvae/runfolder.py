@@ -11,11 +11,16 @@ import io
 import json
 import math
 import os
+import socket
 import time
 from pathlib import Path
 
-from .atomic import write_text
-from .checkpoint import TrainingState, remove_stale_temporaries, save_checkpoint
+from .atomic import process_alive, remove_dead_temporaries, write_text
+from .checkpoint import BEST, LAST, TrainingState, save_checkpoint
+from .errors import RunLockedError, WriteError
+
+LOCK = ".lock"  # flock()ed by the run's one writer; holds {"pid", "host", "since"} of that writer
+RUN_FILES = (LAST, BEST, "config.json", "metrics.jsonl", "metrics.csv", "train.log", "metrics.json", "report.md")
 
 
 def _json_safe(value):
@@ -25,13 +30,136 @@ def _json_safe(value):
     return value
 
 
+def _holder(text: str) -> dict | None:
+    """The holder a lock file names (None when it names none, or not readably)."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
+
+
+def _describe(info: dict) -> str:
+    return f"pid {info['pid']} on host {info.get('host', '?')} (since {info.get('since', '?')})"
+
+
+class RunLock:
+    """The one-writer lock of a run folder: an OS lock (`flock`) on `FOLDER/.lock`, which the kernel releases when
+    its holder dies, plus the holder's pid, host and start time written in the file, so that a refusal names the
+    other process and a lock file left by a dead one is recognised (and taken over, `.took_over` saying whose).
+
+    Re-entrant within a process (the CLI takes it before the Trainer does); `release` undoes one `acquire`."""
+
+    _held: dict[str, list] = {}  # real path -> [fd, count, took_over]: the locks this process holds
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+        self.took_over: str | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock (again, if this process holds it); RunLockedError naming the holder if another does."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path)
+        if key in self._held:
+            self._held[key][1] += 1
+            self.took_over = self._held[key][2]
+            return self
+        self._claim(self._flock(), key)
+        return self
+
+    def check_free(self) -> None:
+        """RunLockedError naming the holder if another process holds the lock now; takes nothing, writes nothing."""
+        if self.folder.is_dir() and os.path.realpath(self.path) not in self._held:
+            os.close(self._flock())
+
+    def _flock(self) -> int:
+        """An fd of the lock file holding the OS lock; RunLockedError naming the holder if another has it."""
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise WriteError(self.path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            info = _holder(os.pread(fd, 4096, 0).decode(errors="replace"))
+            os.close(fd)
+            who = _describe(info) if info else "another process"
+            raise RunLockedError(f"run folder {self.folder} is in use by another trainer: {who}; wait for it to "
+                                 "finish, stop it, or train into another folder") from None
+        return fd
+
+    def _claim(self, fd: int, key: str) -> None:
+        """Write our pid, host and time into the lock file; note a previous holder that died holding it."""
+        old = _holder(os.pread(fd, 4096, 0).decode(errors="replace"))
+        if old and not (old.get("host") == socket.gethostname() and old["pid"] == os.getpid()):
+            alive = old.get("host") == socket.gethostname() and process_alive(old["pid"])
+            self.took_over = f"took over the stale lock of {_describe(old)}" + \
+                ("" if alive else ", which is no longer running")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            raise WriteError(self.path, e) from None
+        self._held[key] = [fd, 1, self.took_over]
+
+    def release(self) -> None:
+        """Undo one `acquire`; the last one frees the lock and blanks the holder."""
+        key = os.path.realpath(self.path)
+        held = self._held.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] > 0:
+            return
+        del self._held[key]
+        try:
+            os.ftruncate(held[0], 0)  # a clean exit leaves no holder named (the file stays: unlinking would race)
+        except OSError:
+            pass
+        os.close(held[0])  # closing releases the flock
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def holds_run(folder: str | os.PathLike) -> str | None:
+    """The checkpoint that makes `folder` a trained run (None when it has none)."""
+    for name in (LAST, BEST):
+        if (Path(folder) / name).is_file():
+            return name
+    return None
+
+
+def clear_run(folder: str | os.PathLike) -> list[str]:
+    """Remove a run's files (checkpoints, config, metrics, log, report) before another run replaces it."""
+    removed = []
+    for name in RUN_FILES:
+        path = Path(folder) / name
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    return removed
+
+
 class RunFolder:
     """One run's files: checkpoints, config, metrics and log. Only the process that owns the folder (rank 0) holds
-    one; every write replaces its file atomically."""
+    one, and holds the folder's `RunLock` until `close()`; every write replaces its file atomically."""
 
     def __init__(self, folder: str | os.PathLike, tensorboard: bool = True):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(self.folder, e) from None
+        self.lock = RunLock(self.folder).acquire()
         self.tb = None
         if tensorboard:
             try:  # optional: used only when the tensorboard package is installed
@@ -66,24 +194,39 @@ class RunFolder:
             self.tb.flush()
 
     def note(self, message: str) -> None:
-        """Append a time-stamped line to `train.log` (warnings, interruptions, resumes)."""
-        with open(self.path("train.log"), "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        """Add a time-stamped line to `train.log` (warnings, interruptions, resumes); the log is rewritten
+        atomically, so a full disk never leaves half a line or a truncated log."""
+        path = self.path("train.log")
+        try:
+            old = path.read_text(errors="replace") if path.is_file() else ""
+        except OSError:
+            old = ""
+        write_text(path, f"{old}{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def start(self, config: dict, note: str | None = None) -> None:
         """Begin (or resume) a run here: clear partial files of a killed writer, write `config.json`, log `note`."""
+        if self.lock.took_over:
+            self.note(self.lock.took_over)
         self.remove_stale_temporaries()
         self.write_config(config)
         if note:
             self.note(note)
 
     def remove_stale_temporaries(self) -> list[Path]:
-        """Delete the partial checkpoint files of a process killed while writing one, and say so in `train.log`."""
-        stale = remove_stale_temporaries(self.folder)
+        """Delete the partial files of writers that are gone (killed mid-write; the pid in a temp file's name says
+        whose), and say so in `train.log`; a live writer's temp files are left alone."""
+        stale = remove_dead_temporaries(self.folder)
         if stale:
-            self.note(f"removed {len(stale)} partial checkpoint file(s) of an interrupted write: "
+            kind = "checkpoint file(s)" if all(".pt." in p.name for p in stale) else "file(s)"
+            self.note(f"removed {len(stale)} partial {kind} of an interrupted write (their writers are gone): "
                       f"{', '.join(p.name for p in stale)}")
         return stale
+
+    def close(self) -> None:
+        """Flush TensorBoard and release the run folder's lock."""
+        if self.tb is not None and hasattr(self.tb, "close"):
+            self.tb.close()
+        self.lock.release()
 
     def save(self, names: list[str], state: TrainingState) -> Path:
         """Write `state` atomically to each of `names` (e.g. `last.pt`, `best.pt`); the path of the first."""

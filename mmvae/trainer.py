@@ -117,13 +117,48 @@ def _interrupt_message(signame: str, path: Path | None, out: Path | None, epoch:
             f"done). Resume with `mmvae train ... --resume {out}` or Trainer(..., resume={str(path)!r})")
 
 
+def _kept(out: Path | None) -> str:
+    """What the run folder still holds after a stop on non-finite numbers (only finite states are ever saved)."""
+    last = out / LAST if out is not None and (out / LAST).exists() else None
+    return (f"the last checkpoint {last} is intact (saved with finite weights and loss)" if last else
+            "no checkpoint was written")
+
+
 def _nonfinite_error(streak: int, epoch: int, step_in_epoch: int, out: Path | None) -> NonFiniteLossError:
     """The error that ends a run after `streak` consecutive non-finite steps, saying whether a checkpoint is safe."""
-    last = out / LAST if out is not None and (out / LAST).exists() else None
-    where = f"the last good checkpoint {last} is intact" if last else "no checkpoint was written"
     return NonFiniteLossError(
         f"{streak} consecutive steps had a non-finite loss or gradients (epoch {epoch + 1}, batch {step_in_epoch}); "
-        f"stopped training. {where}; try a lower lr or grad_clip, and check the data for NaN/inf")
+        f"stopped training. {_kept(out)}; try a lower lr or grad_clip, and check the data for NaN/inf")
+
+
+def _check_weights(opt: torch.optim.Optimizer, step: int, epoch: int, out: Path | None) -> None:
+    """NonFiniteLossError when a step left NaN or inf in the weights (a finite loss and gradients can still
+    overflow them, e.g. lr = inf); they are never saved."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if not params or torch.isfinite(torch.nn.utils.get_total_norm(params, norm_type=math.inf)).item():
+        return
+    raise NonFiniteLossError(f"step {step} (epoch {epoch + 1}) made the weights non-finite (lr "
+                             f"{opt.param_groups[0].get('lr')}); stopped without saving them; {_kept(out)}; try a "
+                             "lower lr or grad_clip")
+
+
+def _check_epoch(entry: dict, out: Path | None) -> None:
+    """NonFiniteLossError when a finished epoch's validation loss (else training loss) is not finite: such a
+    state is never saved as last.pt or best.pt, nor called good."""
+    key = "val/loss" if "val/loss" in entry else "train/loss"
+    value = entry.get(key, math.nan)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return
+    raise NonFiniteLossError(f"epoch {entry['epoch']}: {key} is {value}, so its state was not saved and training "
+                             f"stopped; {_kept(out)}; try a lower lr or grad_clip, and check the data for NaN/inf")
+
+
+def _apply_lr(opt: torch.optim.Optimizer, lr: float | None) -> float:
+    """Set `lr` on every parameter group of a (restored) optimiser; None keeps its own. The lr in effect."""
+    if lr is not None:
+        for group in opt.param_groups:
+            group["lr"] = lr
+    return float(opt.param_groups[0]["lr"])
 
 
 @torch.no_grad()
@@ -150,7 +185,9 @@ def _mean_terms(model: nn.Module, data, batch_size: int, seed: int, prefix: str,
 class Trainer:
     """Fits a model whose `forward(x, avail)` returns an object with `.loss` (scalar) and `.terms` (dict).
 
-    out: run folder (None: no files). resume: checkpoint or run folder to continue from.
+    out: run folder (None: no files; one Trainer at a time writes it, holding its lock). resume: checkpoint or
+    run folder to continue from. lr: Adam's learning rate (None: 1e-3, or when resuming the checkpoint's; a value
+    given is applied to the restored optimiser too).
     optimizer: None (Adam with `lr`) or a callable `params -> torch.optim.Optimizer`, such as
     `functools.partial(torch.optim.SGD, lr=0.1)` (a bare class is such a callable, but gets no `lr`).
     amp: mixed precision, CUDA only. max_nonfinite: consecutive non-finite steps tolerated (each skipped) before
@@ -158,14 +195,18 @@ class Trainer:
     `config.json` and the checkpoint (e.g. the dataset).
     """
 
-    def __init__(self, model: nn.Module, max_epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
+    def __init__(self, model: nn.Module, max_epochs: int = 10, batch_size: int = 128, lr: float | None = None,
                  optimizer=None, device: str | torch.device = "auto", seed: int = 0, out=None, amp: bool = False,
                  resume=None, progress: bool = True, max_nonfinite: int = 10, grad_clip: float | None = None,
                  checkpoint_every: int = 1, log_every: int = 10, drop_last: bool = False,
                  find_unused_parameters: bool = True, extra_config: dict | None = None):
         _check_optimizer(optimizer)
         self.model, self.optimizer_arg, self.device_arg = model, optimizer, device
-        self.max_epochs, self.batch_size, self.lr, self.seed = int(max_epochs), int(batch_size), float(lr), int(seed)
+        if int(max_epochs) < 1:
+            raise InputError(f"Trainer(max_epochs=) must be >= 1 (epochs in all, a resumed run's included), got "
+                             f"{max_epochs!r}")
+        self.max_epochs, self.batch_size, self.seed = int(max_epochs), int(batch_size), int(seed)
+        self.lr_arg, self.lr = lr, 1e-3 if lr is None else float(lr)
         self.out, self.resume = (Path(out) if out is not None else None), resume
         self.amp, self.progress, self.max_nonfinite, self.grad_clip = amp, progress, int(max_nonfinite), grad_clip
         self.checkpoint_every, self.log_every, self.drop_last = max(1, int(checkpoint_every)), log_every, drop_last
@@ -193,9 +234,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.net = _data_parallel(self.model, ranks, device, self.find_unused_parameters)
         self.partial, self.partial_time = EpochSums(), 0.0
+        self.folder = RunFolder(self.out) if self.out is not None and ranks.is_main else None
+        if self.folder is not None and self.folder.lock.took_over:
+            print(f"mmvae: {self.folder.folder}: {self.folder.lock.took_over}", file=sys.stderr)
         if self.resume is not None:
             self._restore(read_checkpoint(self.resume), ranks)
-        self.folder = RunFolder(self.out) if self.out is not None and ranks.is_main else None
+        self.lr = _apply_lr(self.opt, self.lr_arg if self.resume is not None else None)
         if self.folder is not None:
             self.folder.start({**self.extra_config, "model": _config_of(self.model), "trainer": self.settings(),
                                "seed": self.seed, "world_size": ranks.world, "device": str(device),
@@ -249,6 +293,7 @@ class Trainer:
             bad_norm = _apply_gradients(out.loss, self.opt, self.scaler, self.grad_clip)
             ok = bad_norm is None
             if ok:
+                _check_weights(self.opt, self.global_step + 1, self.epoch, self.out)
                 sums.add(loss_value, terms, next(iter(x.values())).shape[0])
             else:
                 self._warn(f"non-finite gradients (norm {bad_norm.item()})")
@@ -285,6 +330,8 @@ class Trainer:
                 self._setup(ranks, device)
                 return self._fit(train, val, ranks, device, stop)
         finally:
+            if self.folder is not None:
+                self.folder.close()
             distributed.teardown(ranks)
 
     def _fit(self, train, val, ranks: Ranks, device: torch.device, stop: StopRequest) -> list[dict]:
@@ -334,12 +381,13 @@ class Trainer:
             entry.update(self.evaluate(val, "val/", ranks))
         entry["time"] = time.time() - t0
         self.history.append(entry)
+        if self.folder is not None:
+            self.folder.write_history(self.history)
+        _check_epoch(entry, self.out)
         names = [LAST] if self.epoch % self.checkpoint_every == 0 or self.epoch == self.max_epochs else []
         if val is not None and entry["val/loss"] < self.best_val:
             self.best_val = entry["val/loss"]
             names.append(BEST)
-        if self.folder is not None:
-            self.folder.write_history(self.history)
         return names
 
     def _interrupted(self, stop: StopRequest, ranks: Ranks, sums: EpochSums, elapsed: float, saved=False) -> list:

@@ -11,7 +11,7 @@ import torch
 from mmvae.cli import main
 from mmvae.datasets import MultimodalDataset, get_dataset
 from mmvae.evaluation import Classifier, load_classifiers, save_classifiers, train_classifiers
-from mmvae.evaluation.classifiers import CLASSIFIER_VERSION, classifiers_match, random_shift
+from mmvae.evaluation.classifiers import CLASSIFIER_VERSION, accuracy, classifiers_match, random_shift
 from mmvae.models import build
 from mmvae.trainer import Trainer
 
@@ -82,6 +82,31 @@ def test_round_trip_is_weights_only_and_old_versions_retrain(tmp_path, trained):
     assert classifiers_match(back, train)
     back["img"].meta["version"] = CLASSIFIER_VERSION - 1  # cached by an older mmvae: not reused
     assert not classifiers_match(back, train)
+
+
+def test_image_modalities_of_one_shape_share_a_network_trained_on_all_their_rows():
+    """Pooled: 'a' and 'b' (same shape) get one network trained on both modalities' rows, each its own copy and its
+    own test accuracy; 'c' (another shape) and the vector stay alone; changing b's data invalidates a's cache."""
+    base = three_kinds(90, seed=0)
+    img = base.data["img"]
+    data = {"a": img, "b": img.flip(-1) + 0.1, "c": img[:, :, :6, :6], "vec": base.data["vec"]}
+    train = MultimodalDataset(data, targets=base.targets, num_classes=K)
+    test = MultimodalDataset({k: v[:30] for k, v in data.items()}, targets=base.targets[:30], num_classes=K)
+    clfs = train_classifiers(train, test, epochs=1, batch_size=32, device="cpu")
+    assert clfs["a"].meta["pooled_with"] == clfs["b"].meta["pooled_with"] == ["a", "b"]
+    assert clfs["c"].meta["pooled_with"] == ["c"] and clfs["vec"].meta["pooled_with"] == ["vec"]
+    assert clfs["a"].meta["n_train"] == 180 and clfs["c"].meta["n_train"] == 90
+    assert clfs["a"] is not clfs["b"]
+    for (ka, va), (kb, vb) in zip(clfs["a"].state_dict().items(), clfs["b"].state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    for m in ("a", "b"):  # each scored on its own test rows
+        assert clfs[m].meta["test_accuracy"] == accuracy(clfs[m], test.data[m], test.targets)
+    assert classifiers_match(clfs, train)
+    edited = MultimodalDataset({**data, "b": data["b"] + 0.01}, targets=base.targets, num_classes=K)
+    assert not classifiers_match(clfs, edited)
+    alone = train_classifiers(train, test, epochs=1, batch_size=32, device="cpu", pool=False)
+    assert alone["a"].meta["pooled_with"] == ["a"] and alone["a"].meta["n_train"] == 90
+    assert classifiers_match(alone, train)
 
 
 # ---------------------------------------------------------------- mmvae evaluate --classifiers

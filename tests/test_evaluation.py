@@ -315,6 +315,26 @@ def test_report_embeds_existing_pngs(run_dir, tmp_path):
     assert again["coherence"]["mean"] == pytest.approx(res["coherence"]["mean"])
 
 
+def test_runs_on_the_same_data_share_their_classifiers(run_dir, tmp_path, monkeypatch):
+    """A second run on the same data reuses the first one's classifiers from the user cache (a study trains them
+    once per dataset); share_classifiers=False trains its own."""
+    import shutil
+
+    monkeypatch.setenv("MMVAE_CACHE", str(tmp_path / "cache"))
+    for name in "abc":
+        shutil.copytree(run_dir, tmp_path / name, ignore=shutil.ignore_patterns("classifiers", "metrics.json"))
+    a = evaluate_run(tmp_path / "a", metrics=("coherence",), device="cpu", quick=True, **SMALL)
+    b = evaluate_run(tmp_path / "b", metrics=("coherence",), device="cpu", quick=True, **SMALL)
+    assert (a["classifiers"]["source"], b["classifiers"]["source"]) == ("trained", "shared")
+    assert b["classifiers"]["per_modality"] == a["classifiers"]["per_modality"]
+    assert (tmp_path / "b" / "classifiers" / "classifiers.pt").is_file()  # copied into the run folder too
+    entries = sorted((tmp_path / "cache" / "classifiers").iterdir())
+    c = evaluate_run(tmp_path / "c", metrics=("coherence",), device="cpu", quick=True, share_classifiers=False,
+                     **SMALL)
+    assert c["classifiers"]["source"] == "trained"
+    assert sorted((tmp_path / "cache" / "classifiers").iterdir()) == entries
+
+
 def test_compare_runs_one_table_one_plot(run_dir, tmp_path):
     """Runs with a metrics.json are read as they are; a run without one is evaluated first."""
     if not (run_dir / "metrics.json").exists():
@@ -327,3 +347,24 @@ def test_compare_runs_one_table_one_plot(run_dir, tmp_path):
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert len(res["runs"]) == 2 and "toy_copy" in md and "(coherence.png)" in md
     assert (tmp_path / "cmp" / "coherence.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("key, value", [("loglik_K", 0), ("probe_n_train", -1), ("min_accuracy", 1.5),
+                                        ("min_accuracy", float("nan")), ("share_classifiers", 1),
+                                        ("joint_samples", 2.5), ("batch_rows", 0)])
+def test_evaluation_settings_refuse_values_out_of_range(key, value):
+    from mmvae.evaluation import EvalSettings
+
+    with pytest.raises(InputError, match=f"evaluation setting '{key}'"):
+        EvalSettings().override(**{key: value})
+    assert EvalSettings().override(batch_rows=None, min_accuracy=0, loglik_K=3).loglik_K == 3
+
+
+def test_the_report_renders_missing_numbers_as_n_a():
+    from mmvae.evaluation import render_report
+
+    settings = {"dataset": "toy", "split": "test", "n_test": 10, "seed": 0, "device": "cpu"}
+    md = render_report({"run": "r", "settings": settings, "time_s": None,
+                        "classifiers": {"source": "trained", "min_accuracy": None, "per_modality": {}},
+                        "coherence": {"refused": "weak classifiers"}})
+    assert "Evaluation took n/a s" in md and "test accuracy n/a" in md

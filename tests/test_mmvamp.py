@@ -241,3 +241,23 @@ def test_mmvm_imputes_from_the_mixture_of_observed_posteriors_and_embeds_their_a
     torch.testing.assert_close(emb["mean"], model.embed(observed)["shared"])
     out = model.impute(observed, n_samples=3)
     assert out["m1"].shape == (3, 5, 5) and torch.isfinite(out["m1"]).all()
+
+
+def test_mmvm_preset_warms_up_from_independent_vaes_and_mmvm_paper_keeps_the_authors_settings():
+    """`mmvm` anneals alpha 1 -> 0 over 200 steps (issue 13: started at alpha 0, short runs sit on a broad,
+    unaligned plateau); `mmvm_paper` is the authors' PolyMNIST run: alpha 0 from the first step, latent size 512."""
+    from mmvae.models import PRESETS
+
+    mods = lambda: {f"m{i}": Modality(likelihood="gaussian", shape=(5,)) for i in range(3)}  # noqa: E731
+    model = PRESETS["mmvm"](mods())
+    assert model.aggregator.name == "none" and model.shared_dim == 16
+    assert model.prior.config() == {"name": "mmvamp", "kl": "bound", "n_samples": 1, "alpha_start": 1.0,
+                                    "alpha_end": 0.0, "anneal_steps": 200, "detach_prior": False}
+    assert model.prior.alpha == 1.0 and PRESETS["mmvm"](mods(), anneal_steps=50).prior.anneal_steps == 50
+    model.prior.steps.fill_(100)
+    assert model.prior.alpha == pytest.approx(0.5)
+    model.prior.steps.fill_(500)
+    assert model.prior.alpha == 0.0
+    paper = PRESETS["mmvm_paper"](mods())
+    assert paper.shared_dim == 512 and paper.aggregator.name == "none"
+    assert paper.prior.config()["kl"] == "bound" and paper.prior.alpha == 0.0 and not paper.prior.detach_prior

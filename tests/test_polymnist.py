@@ -224,3 +224,46 @@ def test_train_and_reopen_polyfashion_end_to_end(tmp_path, private_cache, capsys
     test = get_dataset(name, "test", **kw)  # what `mmvae evaluate RUN` reopens
     assert len(test) == 15 and test.num_classes == 10 and test.shapes["m4"] == (3, H, W)
     assert len(list((private_cache / "polyfashion").iterdir())) == len(built)  # reused, not rebuilt
+
+
+# ----- --dataset polymnist, the dataset options, registered names -----
+def test_dataset_polymnist_reads_the_layout_at_data_root(tmp_path, capsys):
+    write_layout(tmp_path / "poly", n_tuples=8, split="train")
+    write_layout(tmp_path / "poly", n_tuples=4, split="test", seed=1)
+    code = main(["train", "--dataset", "polymnist", "--out", str(tmp_path / "none"), "--epochs", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--data-root DIR" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "none").exists()
+    code = main(["train", "--dataset", "polymnist", "--data-root", str(tmp_path / "poly"), "--out",
+                 str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--shared-dim", "2", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    spec = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]
+    assert spec["name"] == "polymnist" and spec["data_root"] == str((tmp_path / "poly").resolve())
+    assert len(get_dataset(spec["name"], "test", **{k: v for k, v in spec.items() if k != "name"})) == 4
+
+
+def test_n_train_and_n_test_size_both_splits_and_are_checked(tmp_path, capsys):
+    code = main(["train", "--dataset", "toy", "--n-train", "48", "--n-test", "16", "--out", str(tmp_path / "run"),
+                 "--epochs", "1", "--batch-size", "16", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    spec = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]
+    assert (spec["n_train"], spec["n_test"]) == (48, 16)
+    kw = {k: v for k, v in spec.items() if k != "name"}
+    assert len(get_dataset("toy", "train", **kw)) == 48 and len(get_dataset("toy", "test", **kw)) == 16
+    assert len(get_dataset("polydigits", "test", n_test=20)) == 20
+    np.savez(tmp_path / "d.npz", a=np.zeros((6, 3), np.float32))
+    for argv, what in ((["--dataset", str(tmp_path / "d.npz"), "--n-train", "4"], "option 'n_train' applies to"),
+                       (["--dataset", "toy", "--n-test", "0"], "option 'n_test' must be >= 1")):
+        code = main(["train", *argv, "--out", str(tmp_path / "bad"), "--epochs", "1", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and what in err, err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_registered_name_wins_over_a_local_folder_of_that_name(tmp_path, monkeypatch):
+    from mmvae.datasets import resolve
+
+    monkeypatch.chdir(tmp_path)
+    write_layout(tmp_path / "toy" / "x", n_tuples=2)  # a folder named like a registered dataset
+    assert resolve("toy") == "toy" and len(get_dataset("toy", "test")) == 1000
+    assert resolve("./toy") == str((tmp_path / "toy").resolve())  # the folder, asked for as a path

@@ -17,7 +17,7 @@ from mmvae.models import PRESETS, build
 from mmvae.objectives import DReG
 from mmvae.priors import MMVAMP
 
-NAMES = ["mvae", "mmvae", "mopoe", "mmvm", "mmvaeplus", "dmvae", "independent"]
+NAMES = ["mvae", "mmvae", "mopoe", "mmvm", "mmvm_paper", "mmvaeplus", "dmvae", "independent", "avg"]
 SMALL = {"mmvae": {"K": 2}, "mmvaeplus": {"K": 2}}
 
 

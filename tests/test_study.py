@@ -42,7 +42,7 @@ def write_grid(tmp_path, text=GRID) -> Path:
 
 
 @pytest.mark.parametrize("old, new, named", [
-    ('models = ["mopoe", "mmvm"]', 'models = ["mopoe", "avg"]', "'avg'"),            # unknown model
+    ('models = ["mopoe", "mmvm"]', 'models = ["mopoe", "vae"]', "'vae'"),            # unknown model
     ("batch_size = 32", "batch_sise = 32", "'batch_sise'"),                          # unknown [train] key
     ("quick = true", "quikc = true", "'quikc'"),                                      # unknown [evaluate] key
     ("epochs = 2", "epochs = 2\nepoch = 3", "'epoch'"),                               # unknown [study] key
@@ -130,6 +130,29 @@ def test_the_summary_of_hand_written_runs_has_the_known_means_and_deviations(tmp
     assert sum(s["status"] == "done" for s in study["runs"].values()) == 0  # no last.pt: not done by the grid
 
 
+def test_models_are_compared_at_one_matched_reconstruction_error():
+    """Known answer: curves a (recon 0.1 -> 0.3, probe 0.9 -> 0.7) and b (0.2 -> 0.4, probe 0.5 -> 0.9) overlap on
+    [0.2, 0.3]; at 0.25, a's probe is 0.75 and b's 0.6; c (one beta) does not set the range but is read where its
+    one point lies; d's curve never overlaps a's."""
+    from mmvae.study.summary import at_matched_error, render_matched
+
+    def group(model, beta, recon, probe):
+        stat = lambda v: {"mean": v, "std": None, "n": 1}  # noqa: E731
+        return {"model": model, "beta": beta, "seeds": [0],
+                "metrics": {"recon_self": stat(recon), "probe_unimodal": stat(probe), "coherence_mean": stat(probe)}}
+
+    groups = [group("a", 0.5, 0.1, 0.9), group("a", 2.0, 0.3, 0.7), group("b", 0.5, 0.2, 0.5),
+              group("b", 1.0, 0.3, 0.7), group("b", 2.0, 0.4, 0.9), group("c", 1.0, 0.25, 0.8)]
+    m = at_matched_error(groups)
+    assert m["at"] == pytest.approx(0.25) and m["range"] == pytest.approx([0.2, 0.3])
+    assert m["models"]["a"]["probe_unimodal"] == pytest.approx(0.75)
+    assert m["models"]["b"]["probe_unimodal"] == pytest.approx(0.6)
+    assert m["models"]["c"]["probe_unimodal"] == pytest.approx(0.8)  # its one point lies exactly there
+    assert "| c | **0.8** | **0.8** |" in render_matched(m) and "| a | 0.75 | 0.75 |" in render_matched(m)
+    apart = at_matched_error(groups[:2] + [group("d", 1.0, 0.5, 0.1), group("d", 2.0, 0.6, 0.2)])
+    assert apart["at"] is None and "do not overlap" in render_matched(apart)
+
+
 def _wait_for(pred, proc, timeout):
     t = time.time()
     while not pred():
@@ -190,12 +213,13 @@ def test_write_study_with_no_runs_writes_a_consistent_empty_study(tmp_path):
 
 
 def test_the_shipped_example_grid_is_valid(capsys):
-    """examples/mmvm_study.toml: the MMVM comparison on PolyFashion, 6 presets x beta {0.25, 1, 4} x 3 seeds."""
+    """examples/mmvm_study.toml: the MMVM comparison on PolyFashion, 7 presets x beta {0.25, 1, 4} x 3 seeds."""
     assert cli.main(["study", str(ROOT / "examples" / "mmvm_study.toml"), "--out", "unused", "--print-commands"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 6 * 3 * 3 and not Path("unused").exists()
+    assert len(lines) == 7 * 3 * 3 and not Path("unused").exists()
     assert all("--dataset polyfashion" in line and " evaluate " in line for line in lines)
-    assert {shlex.split(line)[8] for line in lines} == {"independent", "mvae", "mmvae", "mopoe", "mmvaeplus", "mmvm"}
+    assert {shlex.split(line)[8] for line in lines} == {"independent", "avg", "mvae", "mmvae", "mopoe", "mmvaeplus",
+                                                            "mmvm"}
 
 
 def test_run_state_reads_where_a_run_stands_from_its_folder(tmp_path, capsys):

@@ -232,3 +232,40 @@ def test_torch_dataset_through_dataloader_gives_the_in_memory_losses(tmp_path):
         assert len(ref) == 2 and all(np.isfinite(ref))
         for other in histories[1:]:
             assert [h[key] for h in other] == pytest.approx(ref, rel=1e-6, abs=1e-6)
+
+
+def test_evaluators_read_a_torch_dataset_as_the_in_memory_one(tmp_path, one_thread):
+    from mmvae.datasets import PolyDigits
+    from mmvae.datasets.loader import LoaderDataset
+    from mmvae.evaluation import (
+        as_eval_data,
+        conditional_coherence,
+        imputation_error,
+        latent_classification,
+        train_classifiers,
+    )
+    from mmvae.models import build
+
+    train = PolyDigits("train", num_modalities=2, n_tuples=64, seed=0).drop(0.3, seed=1)
+    test = PolyDigits("test", num_modalities=2, n_tuples=40, seed=0).drop(0.3, seed=2)
+    torch.manual_seed(0)
+    model = build("mopoe", train, shared_dim=4).eval()
+    a, b = as_eval_data(test), as_eval_data(LoaderDataset(_PlainDataset(test), num_workers=0))
+    assert b.names == a.names and torch.equal(b.avail, a.avail) and torch.equal(b.labels, a.labels)
+    assert all(torch.equal(b.data[m].nan_to_num(), a.data[m].nan_to_num()) for m in a.names)  # dropped rows: NaN
+    assert b.num_classes == 10
+    sub = as_eval_data(_PlainDataset(test), n=7, seed=3)  # n random rows, the same rule as in memory
+    assert torch.equal(sub.labels, as_eval_data(test, n=7, seed=3).labels)
+    results = []
+    for tr, te in ((train, test), (_PlainDataset(train), _PlainDataset(test))):
+        clfs = train_classifiers(tr, te, epochs=1, device="cpu")
+        torch.manual_seed(1)
+        coh = conditional_coherence(model, te, clfs, n_samples=1)
+        torch.manual_seed(1)
+        imp = imputation_error(model, te, n_samples=2)
+        probe = latent_classification(model, tr, te, n_train=50)
+        results.append((coh, imp, probe, {m: c.test_accuracy for m, c in clfs.items()}))
+    for r0, r1 in zip(*results):
+        assert json.dumps(r0, sort_keys=True, default=str) == json.dumps(r1, sort_keys=True, default=str)
+    with pytest.raises(InputError, match="no modality 'm9'"):
+        as_eval_data(_PlainDataset(test), names=["m0", "m9"])

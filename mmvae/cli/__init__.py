@@ -1,15 +1,16 @@
 """The `mmvae` command: train, evaluate, compare, impute, and `demo` (all of it on the bundled PolyDigits).
 
 `options.py` holds the table of train settings (flags, config keys, defaults, checks, help); `commands.py` the
-subcommands; here is the parser and the mapping of errors to exit codes: 2 for bad input or an unusable checkpoint,
-3 when training stops on non-finite losses, 130 when interrupted.
+subcommands; here is the parser and the mapping of errors to exit codes: 2 for bad input, an unusable checkpoint,
+a run folder in use or an output that cannot be written, 3 when training stops on non-finite numbers, 130 when
+interrupted, 1 for anything unexpected (one line, and the traceback with `--debug`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..errors import CheckpointError, InputError, NonFiniteLossError
+from ..errors import CheckpointError, InputError, NonFiniteLossError, WriteError
 from .commands import COMMANDS
 from .options import OPTIONS, Option, check_settings, defaults, read_config, settings
 
@@ -19,24 +20,52 @@ __all__ = ["OPTIONS", "Option", "build_parser", "check_settings", "defaults", "m
 def build_parser() -> argparse.ArgumentParser:
     """The `mmvae` parser, one subparser per entry of `COMMANDS`."""
     parser = argparse.ArgumentParser(prog="mmvae", description="Multimodal VAEs with shared and private latents.")
+    debug = "show the Python traceback of an unexpected error instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
-        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help[0].upper()
-                                             + command.help[1:] + "."))
+        p = sub.add_parser(name, help=command.help, description=command.help[0].upper() + command.help[1:] + ".")
+        command.add_arguments(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     return parser
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError as one line: what failed on which file, and why."""
+    if isinstance(e, WriteError):
+        return str(e)
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot access{where}: {e.strerror or e}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run `mmvae ARGV` (default: sys.argv[1:]) and return its exit code; errors become one line on stderr."""
     args = build_parser().parse_args(argv)
+    say = lambda text: print(f"mmvae {args.command}: {text}", file=sys.stderr)  # noqa: E731
     try:
         return COMMANDS[args.command].run(args)
     except (InputError, CheckpointError) as e:
-        print(f"mmvae {args.command}: error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return 2
     except NonFiniteLossError as e:
-        print(f"mmvae {args.command}: training stopped on non-finite losses: {e}", file=sys.stderr)
+        say(f"training stopped on non-finite losses or weights: {e}")
         return 3
     except KeyboardInterrupt:
-        print(f"mmvae {args.command}: interrupted", file=sys.stderr)
+        say("interrupted")
         return 130
+    except OSError as e:  # a disk full, a read-only folder, a file-size limit, a vanished file
+        if args.debug:
+            raise
+        say(f"error: {_os_error(e)}")
+        return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        say("error: out of memory; try a smaller batch_size, fewer evaluation samples or a smaller model")
+        return 2
+    except Exception as e:  # a bug or an input no check foresaw: one line, the traceback on request
+        if args.debug:
+            raise
+        say(f"unexpected error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            f"(rerun with --debug for the traceback)")
+        return 1

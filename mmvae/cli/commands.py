@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -22,32 +23,77 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--config", type=Path, metavar="FILE", help="TOML (or .json) file of settings; read as data, "
                      "never executed; the command line wins")
     run.add_argument("--resume", type=Path, metavar="PATH", help="checkpoint or run folder to continue from")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --out (without it, a "
+                     "folder holding a checkpoint is refused unless --resume continues it)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     add_options(p.add_argument_group("settings (each also a --config key, e.g. batch_size = 64)"))
 
 
 def dataset_options(cfg: dict) -> dict:
-    """The keyword options of `get_dataset` from the settings: the seed, and `data_root` (absolute) unless "auto",
-    for the datasets that read it (polyfashion); they are also the run config's "dataset" entry."""
+    """The keyword options of `get_dataset` from the settings: the seed, and each of `data_root` (absolute),
+    `n_train`, `n_test` that is set, for the datasets that take it; they are also the run config's "dataset"
+    entry (both splits are built from it)."""
     import inspect
 
     from ..datasets import DATASETS
     from ..errors import InputError
 
     kw = {"seed": cfg["seed"]}
-    root = cfg.get("data_root", "auto")
-    if root not in (None, "auto"):
-        cls = DATASETS.get(str(cfg["dataset"]).lower())
-        if cls is None or "data_root" not in inspect.signature(cls).parameters:
-            reads = sorted(k for k, c in DATASETS.items() if "data_root" in inspect.signature(c).parameters)
-            raise InputError(f"option 'data_root' applies to --dataset {' | '.join(reads)}, not {cfg['dataset']!r}")
-        kw["data_root"] = str(Path(root).expanduser().resolve())
+    given = {k: cfg.get(k) for k in ("data_root", "n_train", "n_test") if cfg.get(k) not in (None, "auto")}
+    factory = DATASETS.get(str(cfg["dataset"]).lower())
+    for key, value in given.items():
+        if factory is None or key not in inspect.signature(factory).parameters:
+            takes = sorted(k for k, c in DATASETS.items() if key in inspect.signature(c).parameters)
+            raise InputError(f"option {key!r} applies to --dataset {' | '.join(takes)}, not {cfg['dataset']!r}")
+        kw[key] = str(Path(value).expanduser().resolve()) if key == "data_root" else value
     return kw
 
 
-def run_training(cfg: dict, out: Path, resume: Path | None = None, quiet: bool = False) -> int:
+def claim_run_folder(out: Path, resume: Path | None, overwrite: bool, clear: bool = True) -> None:
+    """Refuse to replace a trained run in `out` unless `overwrite` (then, with `clear`, remove its files: the
+    caller holds the folder's lock) or `resume`."""
+    from ..errors import InputError
+    from ..runfolder import clear_run, holds_run
+
+    if overwrite and resume is not None:
+        raise InputError("--overwrite replaces the run in --out and --resume continues one: give one of them")
+    found = holds_run(out)
+    if found and resume is None and not overwrite:
+        raise InputError(f"{out} already holds a run ({found}); continue it with --resume {out}, replace it with "
+                         "--overwrite, or choose another --out")
+    if found and overwrite and clear:
+        print(f"replacing the run in {out} (--overwrite): removed {', '.join(clear_run(out))}", file=sys.stderr)
+
+
+def run_training(cfg: dict, out: Path, resume: Path | None = None, quiet: bool = False,
+                 overwrite: bool = False) -> int:
     """Train the preset `cfg["model"]` on `cfg["dataset"]` with the settings `cfg` (all keys of `defaults()`)
-    into the run folder `out`; 130 if interrupted, else 0."""
+    into the run folder `out` (holding its lock throughout); 130 if interrupted, else 0. The data and the model
+    are built before the folder is created or touched, so a bad dataset or preset leaves nothing behind."""
+    import contextlib
+    import os
+
+    from ..runfolder import RunLock
+
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone writes (and locks) the run folder
+    if main:
+        RunLock(out).check_free()  # refuse early (a folder in use, a run to keep), before the data is read
+    claim_run_folder(out, resume, overwrite, clear=False)
+    cfg, trainer, train_set, val_set = _prepare(cfg, out, resume, quiet)
+    with RunLock(out) if main else contextlib.nullcontext():
+        claim_run_folder(out, resume, overwrite, clear=main)
+        history = trainer.fit(train_set, val=val_set)
+    if getattr(trainer, "interrupted", False):
+        return 130
+    if history:
+        last = history[-1]
+        print(f"trained {cfg['model']} on {cfg['dataset']}: epoch {last['epoch']}, "
+              f"val/loss {last.get('val/loss', float('nan')):.2f}; run folder {out}")
+    return 0
+
+
+def _prepare(cfg: dict, out: Path, resume: Path | None, quiet: bool) -> tuple:
+    """The datasets, the model and its Trainer of a run: (cfg with the dataset resolved, trainer, train, val)."""
     import torch
 
     from ..datasets import get_dataset, resolve
@@ -68,19 +114,28 @@ def run_training(cfg: dict, out: Path, resume: Path | None = None, quiet: bool =
                       progress=not quiet, max_nonfinite=cfg["max_nonfinite"],
                       extra_config={"dataset": {"name": cfg["dataset"], **ds_kw}, "preset": cfg["model"],
                                     "settings": cfg})
-    history = trainer.fit(train_set, val=val_set)
-    if getattr(trainer, "interrupted", False):
-        return 130
-    if history:
-        last = history[-1]
-        print(f"trained {cfg['model']} on {cfg['dataset']}: epoch {last['epoch']}, "
-              f"val/loss {last.get('val/loss', float('nan')):.2f}; run folder {out}")
-    return 0
+    return cfg, trainer, train_set, val_set
+
+
+def resumed_lr(args: argparse.Namespace, cfg: dict) -> float:
+    """The lr of a resumed run: the one given (command line or `--config`), else the checkpoint's own, so that
+    config.json records the lr the optimiser really uses."""
+    from ..checkpoint import read_trainer_settings
+    from .options import read_config
+
+    given = args.lr is not None or (args.config is not None and "lr" in read_config(args.config))
+    if given:
+        return cfg["lr"]
+    lr = read_trainer_settings(args.resume).get("lr")
+    return float(lr) if isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0 else cfg["lr"]
 
 
 def train(args: argparse.Namespace) -> int:
     """`mmvae train`: defaults < `--config` < command line, checked, then trained into `--out`."""
-    return run_training(settings(args), args.out, resume=args.resume, quiet=args.quiet)
+    cfg = settings(args)
+    if args.resume is not None:
+        cfg["lr"] = resumed_lr(args, cfg)
+    return run_training(cfg, args.out, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,13 +173,43 @@ def _evaluation_settings(args: argparse.Namespace) -> dict:
             kw[key] = json.loads(value)
         except json.JSONDecodeError:
             kw[key] = value
+        _check_eval_setting(key, kw[key])
     return kw
+
+
+def _check_eval_setting(key: str, value) -> None:
+    """InputError for an evaluation setting of the wrong type, a count below 1 or a number that is not finite
+    (unknown keys are `EvalSettings.override`'s to refuse)."""
+    from dataclasses import fields
+
+    from ..errors import InputError
+    from ..evaluation.settings import EvalSettings
+
+    kind = {f.name: str(f.type) for f in fields(EvalSettings)}.get(key)
+    if kind is None or (value is None and "None" in kind):
+        return
+    if kind.startswith("int") and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise InputError(f"--set {key}: expects a whole number >= 1, got {value!r}")
+    if kind.startswith("float") and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                     or not math.isfinite(value) or not 0 <= value <= 1):
+        raise InputError(f"--set {key}: expects a number in [0, 1], got {value!r}")
+
+
+def check_count(flag: str, value: int | None) -> None:
+    """InputError unless a count option is absent or at least 1 (a negative one would slice from the end)."""
+    if value is not None and value < 1:
+        from ..errors import InputError
+
+        raise InputError(f"{flag} must be >= 1, got {value}")
 
 
 def evaluate(args: argparse.Namespace) -> int:
     """`mmvae evaluate`: the metrics of a run, written as report.md and metrics.json."""
     from ..evaluation import evaluate_run
+    from ..evaluation.run_files import check_run_folder
 
+    check_count("--n-test", args.n_test)
+    check_run_folder(args.run)
     result = evaluate_run(args.run, out=args.out, device=args.device, seed=args.seed, n_test=args.n_test,
                           quick=args.quick, **_evaluation_settings(args))
     print(f"wrote {Path(args.out or args.run) / 'report.md'} and metrics.json "
@@ -143,7 +228,11 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 def compare(args: argparse.Namespace) -> int:
     """`mmvae compare`: several runs side by side in compare.md."""
     from ..evaluation import compare_runs
+    from ..evaluation.run_files import check_run_folder, read_metrics
 
+    for run in args.runs:
+        check_run_folder(run)
+        read_metrics(run)  # a damaged metrics.json is refused before anything is written
     compare_runs(args.runs, out=args.out, device=args.device)
     print(f"wrote {Path(args.out) / 'compare.md'}")
     return 0
@@ -163,6 +252,7 @@ def impute(args: argparse.Namespace) -> int:
     """`mmvae impute`: fill the missing modalities of a .npz file."""
     from ..impute_file import impute_npz
 
+    check_count("--n-samples", args.n_samples)
     report = impute_npz(args.checkpoint, args.input, args.out, args.targets.split(",") if args.targets else None,
                         n_samples=args.n_samples)
     print(f"wrote {args.out}: imputed {report['imputed']} entries")
@@ -187,6 +277,7 @@ def _demo_impute(out: Path, seed: int) -> None:
     """Impute m1.. of 16 PolyDigits test tuples from m0 alone, as `mmvae impute` does for user files."""
     import numpy as np
 
+    from ..atomic import replace_file
     from ..datasets import get_dataset
     from ..impute_file import impute_npz
 
@@ -194,7 +285,7 @@ def _demo_impute(out: Path, seed: int) -> None:
     arrays = {n: t[:16].numpy().copy() for n, t in test.data.items()}
     for n in test.modalities[1:]:
         arrays[n][:] = np.nan
-    np.savez(out / "demo_input.npz", **arrays)
+    replace_file(out / "demo_input.npz", lambda f: np.savez(f, **arrays))
     report = impute_npz(out, out / "demo_input.npz", out / "demo_imputed.npz")
     print(f"imputed {report['targets']} for 16 test tuples from m0 alone: {out / 'demo_imputed.npz'}")
 
@@ -203,7 +294,7 @@ def demo(args: argparse.Namespace) -> int:
     """Train MoPoE on PolyDigits, impute, evaluate and write the report: the README's first command."""
     start = time.time()
     cfg = settings(args, base=defaults() | DEMO)
-    code = run_training(cfg, args.out, quiet=args.quiet)
+    code = run_training(cfg, args.out, quiet=args.quiet, overwrite=True)  # a demo replaces the previous demo
     if code:
         return code
     from ..evaluation import evaluate_run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ class Option:
         if not is_a(value, self.type):
             raise InputError(f"{source}: option {self.name!r} expects {self.type.__name__}, "
                              f"got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{source}: option {self.name!r} must be a finite number, got {value!r}")
         if self.low is not None and value < self.low:
             raise InputError(f"{source}: option {self.name!r} must be >= {self.low}, got {value!r}")
         if self.high is not None and value > self.high:
@@ -66,13 +69,17 @@ class Option:
 
 #: the train settings, in the order of `--help` and of `settings` in a run's config.json
 OPTIONS = (
-    Option("dataset", str, "polydigits", "polydigits | toy | polyfashion | PATH.npz | FOLDER (your own data)"),
-    Option("data_root", str, "auto", "folder of the four Fashion-MNIST IDX files for polyfashion; auto: where "
-           "Debian's dataset-fashion-mnist installs them"),
-    Option("model", str, "mopoe", "preset: mvae | mmvae | mopoe | mmvm | mmvaeplus | dmvae | independent"),
-    Option("epochs", int, 5, "passes over the training set", low=0),
+    Option("dataset", str, "polydigits", "polydigits | toy | polyfashion | polymnist | PATH.npz | FOLDER (your "
+           "own data)"),
+    Option("data_root", str, "auto", "polyfashion: folder of the four Fashion-MNIST IDX files (auto: where "
+           "Debian's dataset-fashion-mnist installs them); polymnist: the release folder (train/, test/)"),
+    Option("n_train", int, None, "training tuples of polydigits, toy or polyfashion", low=1),
+    Option("n_test", int, None, "test tuples of polydigits, toy or polyfashion", low=1),
+    Option("model", str, "mopoe", "preset: mvae | mmvae | mopoe | mmvm | mmvm_paper | mmvaeplus | dmvae | "
+           "independent | avg"),
+    Option("epochs", int, 5, "passes over the training set (in all: a resumed run counts its epochs)", low=1),
     Option("batch_size", int, 128, "training tuples per step", low=1),
-    Option("lr", float, 1e-3, "Adam learning rate", low=0.0),
+    Option("lr", float, 1e-3, "Adam learning rate (with --resume: the checkpoint's unless given)", low=0.0),
     Option("shared_dim", int, None, "size of the shared latent", low=1),
     Option("private_dim", int, None, "size of each modality's private latent, 0 for none", low=0),
     Option("beta", float, None, "weight of the KL term", low=0.0),

@@ -24,6 +24,7 @@ import torch
 from ..errors import InputError
 from ..validation import observed_rows
 from .base import MultimodalDataset
+from .preflight import check_image_folder, check_npz
 
 RESERVED = ("labels", "split")
 AVAIL_SUFFIX = "__avail"
@@ -42,6 +43,7 @@ def read_npz(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray
 
     With `names` (a model's modalities), every key must be one of them or reserved (`is_reserved`).
     """
+    check_npz(path)  # the archive's headers and sizes, before anything is decompressed
     path = Path(path)
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -245,6 +247,7 @@ def _label(value: str) -> int:
 def load_image_folder(path, split: str = "train", seed: int = 0,
                       test_fraction: float = TEST_FRACTION) -> MultimodalDataset:
     """The `split` of an image folder (format in the module docstring)."""
+    check_image_folder(path)  # no empty modality folder, before anything is decoded
     path = Path(path)
     folders = {d.name: _stems(d) for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     folders = {k: v for k, v in folders.items() if v}

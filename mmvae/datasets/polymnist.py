@@ -20,6 +20,7 @@ from ..atomic import replace_file
 from ..errors import InputError
 from .base import MultimodalDataset
 from .idx import FASHION_FILES, _match, read_idx
+from .preflight import check_polymnist_split
 
 SPLITS = ("train", "test")
 FILE_NAME = re.compile(r"^(\d+)\.(\d+)\.png$")  # {index}.{label}.png
@@ -168,6 +169,7 @@ class PolyMNIST(MultimodalDataset):
 
     def __init__(self, root: str | Path, split: str = "train", seed: int | None = None, *,
                  allow_missing: bool = False, cache: bool = True, num_classes: int | None = None):
+        check_polymnist_split(Path(root).expanduser() / str(split))  # empty or non-RGB modality folders
         if split not in SPLITS:
             raise InputError(f"split must be one of {SPLITS}, got {split!r}")
         root = Path(root).expanduser()

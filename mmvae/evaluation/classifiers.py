@@ -8,6 +8,7 @@ and a 1-d convnet. Any callable `x [B, *shape] -> logits [B, C]` can stand in fo
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -26,7 +27,7 @@ from .subset_batches import as_eval_data
 
 WEIGHTS_FILE, META_FILE = "classifiers.pt", "classifiers.json"
 #: bumped whenever the networks or their training change: cached classifiers of another version are retrained
-CLASSIFIER_VERSION = 3
+CLASSIFIER_VERSION = 4
 KINDS = ("conv", "mlp", "tokens")
 #: default learning rates: the ResNets' one-cycle peak (BatchNorm takes a high one), the MLP and token nets' constant
 CONV_LR, DENSE_LR = 6e-3, 2e-3
@@ -229,13 +230,33 @@ def recalibrate_batchnorm(clf: nn.Module, x: Tensor, batch_size: int = 256, max_
         m.momentum = mom
 
 
+def pooled_groups(train, names: list[str], pool: bool = True) -> list[list[str]]:
+    """Which modalities share one classifier: with `pool`, the float image modalities [C, H, W] of one shape (each
+    network then trains on every such modality's rows: M times the data, which is what lifts PolyFashion's
+    classifiers from about 0.81 to about 0.87); every other modality alone."""
+    groups: dict = {}
+    for name in names:
+        x = train.data[name]
+        key = tuple(x.shape[1:]) if pool and x.dim() == 4 and x.is_floating_point() else name
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def group_data(train, group: list[str]) -> tuple[Tensor, Tensor]:
+    """The observed, labelled rows of every modality of `group`, stacked: (x [n, *shape], y [n])."""
+    parts = [modality_data(train, name) for name in group]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+
 def train_classifiers(train, test, epochs: int = 10, device: str | torch.device = "auto", seed: int = 0,
                       batch_size: int = 128, lr: float | None = None, modalities: list[str] | None = None,
-                      shift: int = 1) -> dict[str, Classifier]:
-    """One classifier per modality, trained on the real observed training rows and scored on the test rows.
+                      shift: int = 1, pool: bool = True) -> dict[str, Classifier]:
+    """One classifier per modality, trained on the real observed training rows and scored on the test rows; with
+    `pool`, image modalities of one shape share a network trained on all their rows (`pooled_groups`), and each
+    modality still gets its own copy and its own test accuracy.
 
-    Each gets `.meta = {version, test_accuracy, train_accuracy, checksum (sha256 of its training x and y),
-    n_train, n_test, epochs, seed, time_s}`. See `fit_classifier` for the optimiser and augmentation.
+    Each gets `.meta = {version, test_accuracy, train_accuracy, checksum (sha256 of the x and y it was trained on),
+    pooled_with, n_train, n_test, epochs, seed, time_s}`. See `fit_classifier` for the optimiser and augmentation.
     """
     train, test = as_eval_data(train), as_eval_data(test)
     if train.labels is None:
@@ -243,21 +264,26 @@ def train_classifiers(train, test, epochs: int = 10, device: str | torch.device 
     dev = resolve_device(device)
     num_classes = train.num_classes or int(train.labels.max()) + 1
     out = {}
-    for name in modalities or train.names:
+    for group in pooled_groups(train, list(modalities or train.names), pool):
         start = time.time()
-        x, y = modality_data(train, name)
-        xt, yt = modality_data(test, name) if name in test.names else (x[:0], y[:0])
+        x, y = group_data(train, group)
         if len(y) == 0:
-            raise InputError(f"modality {name!r}: no observed, labelled training rows to train a classifier on")
+            raise InputError(f"modality {group[0]!r}: no observed, labelled training rows to train a classifier on")
         torch.manual_seed(seed)
-        vocab = int(max(x.max(), xt.max() if len(xt) else 0)) + 1 if not x.is_floating_point() else None
+        tests = {m: modality_data(test, m) if m in test.names else (x[:0], y[:0]) for m in group}
+        vocab = None if x.is_floating_point() else \
+            int(max([x.max()] + [xt.max() for xt, _ in tests.values() if len(xt)])) + 1
         clf = fit_classifier(Classifier(x.shape[1:], num_classes, vocab=vocab).to(dev), x, y, epochs,
                              batch_size=batch_size, lr=lr, seed=seed, shift=shift)
-        clf.meta = {"version": CLASSIFIER_VERSION, "test_accuracy": accuracy(clf, xt.to(dev), yt),
-                    "train_accuracy": accuracy(clf, x.to(dev), y), "checksum": data_checksum(x, y),
-                    "n_train": len(y), "n_test": len(yt), "epochs": epochs, "seed": seed,
-                    "time_s": round(time.time() - start, 2)}
-        out[name] = clf
+        took, checksum = round(time.time() - start, 2), data_checksum(x, y)
+        for m in group:
+            own = clf if m == group[-1] else copy.deepcopy(clf)
+            (xt, yt), xm = tests[m], modality_data(train, m)
+            own.meta = {"version": CLASSIFIER_VERSION, "test_accuracy": accuracy(own, xt.to(dev), yt),
+                        "train_accuracy": accuracy(own, xm[0].to(dev), xm[1]), "checksum": checksum,
+                        "pooled_with": group, "n_train": len(y), "n_test": len(yt), "epochs": epochs,
+                        "seed": seed, "time_s": took}
+            out[m] = own
     return out
 
 
@@ -316,14 +342,22 @@ def load_classifiers(folder, map_location="cpu") -> dict[str, Classifier] | None
 
 def classifiers_match(classifiers: dict[str, Classifier] | None, train) -> bool:
     """True if there is a cached classifier of this version for every modality and each was trained on exactly
-    this data."""
+    this data (its modality's rows, or its pooled group's)."""
     if not classifiers:
         return False
     train = as_eval_data(train)
+    sums: dict = {}
     for name in train.names:
         c = classifiers.get(name)
-        if c is None or c.meta.get("version") != CLASSIFIER_VERSION or \
-                c.meta.get("checksum") != data_checksum(*modality_data(train, name)):
+        if c is None or c.meta.get("version") != CLASSIFIER_VERSION:
+            return False
+        group = c.meta.get("pooled_with") or [name]
+        if name not in group or not set(group) <= set(train.names):
+            return False
+        key = tuple(group)
+        if key not in sums:
+            sums[key] = data_checksum(*group_data(train, group))
+        if c.meta.get("checksum") != sums[key]:
             return False
     return True
 

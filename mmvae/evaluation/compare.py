@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..atomic import write_json
+from ..atomic import write_json, write_text
 from ..errors import InputError
 from .markdown import table
 from .plots import coherence_plot
@@ -34,7 +34,7 @@ def compare_runs(run_dirs, out, evaluate_missing: bool = True, **evaluate_kw) ->
     if curves:
         coherence_plot(curves, out / "coherence.png", title="conditional coherence by run")
         md.append("![coherence versus number of conditioning modalities](coherence.png)\n")
-    (out / "compare.md").write_text("\n".join(md))
+    write_text(out / "compare.md", "\n".join(md))
     result = json_safe({"runs": rows, "plots": ["coherence.png"] if curves else []})
     write_json(out / "compare.json", result)
     return result

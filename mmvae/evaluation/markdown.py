@@ -50,7 +50,7 @@ def _overview(result: dict, history: list[dict] | None) -> list[str]:
     md = [f"# Evaluation of `{result['run']}`\n",
           f"Preset: {result.get('preset') or 'n/a'}. Dataset **{s['dataset']}** {s.get('dataset_options') or ''}, "
           f"split `{s['split']}`, {s['n_test']} test tuples, seed {s['seed']}, device `{s['device']}`"
-          f"{', quick settings' if s.get('quick') else ''}. Evaluation took {result['time_s']:.1f} s.\n"]
+          f"{', quick settings' if s.get('quick') else ''}. Evaluation took {fmt(result.get('time_s'), 1)} s.\n"]
     if history:
         last = history[-1]
         md.append(f"Training: {len(history)} epochs logged; last epoch {last.get('epoch')}: "
@@ -71,7 +71,8 @@ def _coherence(result: dict, plots: dict) -> list[str]:
           "tuple's label. Joint coherence: fraction of prior samples on which all classifiers agree.\n"]
     clf = result.get("classifiers")
     if clf:
-        md.append(f"Classifiers ({clf['source']}; scoring refused below test accuracy {clf['min_accuracy']:.2f}):\n")
+        md.append(f"Classifiers ({clf['source']}; scoring refused below test accuracy "
+                  f"{fmt(clf.get('min_accuracy'), 2)}):\n")
         md.append(table(["modality", "test accuracy", "train rows", "data sha256"],
                         [[m, v.get("test_accuracy"), v.get("n_train", "n/a"),
                           f"`{v['checksum'][:12]}…`" if v.get("checksum") else "n/a"]
@@ -136,7 +137,8 @@ def _imputation(imp: dict | None) -> list[str]:
         md.append(f"log p(x_m | x_S): self-normalised importance sampling with K = {ll['K']} draws from "
                   f"q(z | x_S) (private latents of m from their prior).\n")
     md.append("<details><summary>Error per (S, m)</summary>\n\n"
-              + cell_matrix(imp["matrix"], lambda v: f"{v['error']:.4f} ± {v['spread']:.4f}") + "\n</details>\n")
+              + cell_matrix(imp["matrix"], lambda v: f"{fmt(v.get('error'), 4)} ± {fmt(v.get('spread'), 4)}")
+              + "\n</details>\n")
     return md
 
 

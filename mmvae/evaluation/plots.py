@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ..atomic import replace_file
 from ..devices import module_device
 from .subset_batches import as_eval_data, gather_rows, subset_key, subsets_by_size
 
@@ -20,7 +21,7 @@ def _save(fig: Figure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100)
+    replace_file(path, lambda f: fig.savefig(f, dpi=100, format="png"))  # atomic: a full disk keeps the old PNG
     return path
 
 
@@ -92,10 +93,9 @@ def generation_grid(model, dataset, path, n_tuples: int = 4, subsets: Tensor | N
 def _pca2(x: Tensor, ref: Tensor) -> Tensor:
     """Project x [N, D] on the first two principal axes of ref [N', D].  -> [N, 2]"""
     mean = ref.mean(0)
-    if ref.shape[1] < 2:
-        return torch.cat([x - mean, torch.zeros_like(x[:, :1])], 1)[:, :2]
-    _, _, V = torch.linalg.svd(ref - mean, full_matrices=False)
-    return (x - mean) @ V[:2].T
+    _, _, V = torch.linalg.svd(ref - mean, full_matrices=False)  # [min(N', D), D]
+    p = (x - mean) @ V[:2].T  # [N, <= 2]: fewer axes when N' or D is below 2
+    return torch.cat([p, torch.zeros_like(x[:, :2 - p.shape[1]])], 1)
 
 
 @torch.no_grad()

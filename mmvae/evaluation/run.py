@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import write_json
+from ..atomic import write_json, write_text
+from ..datasets.polymnist import cache_dir
 from ..devices import resolve_device
 from ..errors import InputError
 from ..loading import load
@@ -114,8 +115,9 @@ def evaluate_run(run_dir, metrics=METRICS, out=None, device: str = "auto", seed:
     result["plots"] = ev.plots
     result["time_s"] = time.time() - start
     result = json_safe(result)
+    report = render_report(result, history)  # rendered first: a failure leaves both files as they were
     write_json(out / "metrics.json", result)
-    (out / "report.md").write_text(render_report(result, history))
+    write_text(out / "report.md", report)
     return result
 
 
@@ -143,14 +145,15 @@ def _coherence(ev: _Evaluation) -> dict:
     """"classifiers" (which, and how accurate) and "coherence" (conditional and joint), or why it was not scored."""
     if ev.test.labels is None or ev.train.labels is None:
         return {"coherence": {"skipped": "the dataset has no class labels"}}
-    s, classifiers, reused = ev.settings, ev.classifiers, None
+    s, classifiers, source = ev.settings, ev.classifiers, "user"
     if classifiers is None:
         with ev.timer.step("classifiers"):
-            classifiers, reused = get_classifiers(ev.run_dir, ev.train_set, ev.test_set, ev.device,
-                                                  s.classifier_epochs, ev.seed)
+            shared = cache_dir() / "classifiers" if s.share_classifiers else None
+            classifiers, source = get_classifiers(ev.run_dir, ev.train_set, ev.test_set, ev.device,
+                                                  s.classifier_epochs, ev.seed, shared=shared)
     section = {"classifiers": {
-        "source": "user" if reused is None else ("cached" if reused else "trained"),
-        "folder": str(ev.run_dir / CLASSIFIER_DIR) if reused is not None else
+        "source": source,  # user | cached (this run's) | shared (another run's, same data) | trained
+        "folder": str(ev.run_dir / CLASSIFIER_DIR) if source != "user" else
         (str(ev.classifier_dir) if ev.classifier_dir else None),
         "min_accuracy": s.min_accuracy,
         "per_modality": {m: getattr(c, "meta", {}) for m, c in classifiers.items()}}}

@@ -14,6 +14,7 @@ class EvalSettings:
 
     classifier_epochs: int = 8  # training epochs of each coherence classifier (one-cycle schedule)
     min_accuracy: float = 0.8  # coherence is refused when a classifier's test accuracy is below this
+    share_classifiers: bool = True  # reuse classifiers trained on the same data by other runs (user cache folder)
     coherence_samples: int = 1  # generations per (S, tuple) in conditional coherence
     joint_samples: int = 1000  # prior samples in joint coherence
     probe_n_train: int = 10_000  # training tuples of the linear probe
@@ -41,4 +42,21 @@ class EvalSettings:
         bad = set(changes) - set(known)
         if bad:
             raise InputError(f"unknown evaluation setting(s) {sorted(bad)}; known: {sorted(known)}")
+        for key, value in changes.items():
+            _check(key, value, getattr(self, key))
         return replace(self, **changes)
+
+
+def _check(key: str, value, default) -> None:
+    """InputError unless `value` fits setting `key`: a bool for a switch, a number in [0, 1] for min_accuracy, a
+    whole number >= 1 for the counts (batch_rows may also be None); never NaN."""
+    where = f"evaluation setting {key!r}"
+    if isinstance(default, bool) or key == "share_classifiers":
+        if not isinstance(value, bool):
+            raise InputError(f"{where} expects true or false, got {value!r}")
+    elif key == "min_accuracy":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise InputError(f"{where} must be a number in [0, 1], got {value!r}")
+    elif not (value is None and key == "batch_rows"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{where} must be a whole number >= 1, got {value!r}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from ..aggregators import all_subsets, subset_names
 from ..errors import InputError
@@ -39,13 +40,60 @@ class EvalData:
                         self.num_classes)
 
 
+def read_dataset(dataset, names: list[str] | None = None, n: int | None = None, seed: int = 0,
+                 batch_size: int = 256, num_workers: int = 0) -> EvalData:
+    """A torch `Dataset` yielding `(x dict, avail [M], y)` read into memory through a DataLoader: all its samples,
+    or n random ones. y: a class label (int or 0-d tensor; -1 = unlabelled), a dict of factors, or None."""
+    from torch.utils.data import DataLoader, Subset
+
+    if n is not None and n < len(dataset):
+        dataset = Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+                         .sort().values.tolist())
+    parts = list(DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_none_labels,
+                            generator=torch.Generator().manual_seed(seed)))  # its own: the global RNG untouched
+    if not parts:
+        raise InputError("the evaluation Dataset has no samples")
+    keys = list(parts[0][0])
+    names = list(names) if names is not None else keys
+    missing = [m for m in names if m not in keys]
+    if missing:
+        raise InputError(f"the Dataset's samples have no modality {missing[0]!r} (they have {keys}); the model "
+                         f"needs {names}")
+    data = {m: torch.cat([p[0][m] for p in parts]) for m in names}
+    avail = torch.cat([p[1] for p in parts]).bool()[:, [keys.index(m) for m in names]]  # [N, M]
+    ys = [p[2] for p in parts]
+    labels = factors = None
+    if isinstance(ys[0], dict):
+        factors = {k: torch.cat([y[k] for y in ys]).reshape(len(avail), -1).float() for k in ys[0]}
+    elif ys[0] is not None:
+        labels = torch.cat([torch.as_tensor(y).reshape(-1) for y in ys]).long()  # [N]
+        labels = labels if int(labels.max()) >= 0 else None
+    num_classes = int(labels.max()) + 1 if labels is not None else None
+    return EvalData(data, avail, names, labels, factors, getattr(dataset, "num_classes", None) or num_classes)
+
+
+def _collate_none_labels(batch):
+    """default_collate, except that samples without a label (y None) give y None."""
+    from torch.utils.data import default_collate
+
+    if batch[0][2] is None:
+        return (*default_collate([b[:2] for b in batch]), None)
+    return default_collate(batch)
+
+
 def as_eval_data(dataset, names: list[str] | None = None, n: int | None = None, seed: int = 0) -> EvalData:
-    """An EvalData from a `MultimodalDataset` (or an EvalData), columns in `names` order; with n, n random rows.
+    """An EvalData from a `MultimodalDataset`, an EvalData, or any torch `Dataset` of `(x dict, avail, y)` samples
+    (read into memory by `read_dataset`), columns in `names` order; with n, n random rows.
 
     Labels: `dataset.labels` (or integer `targets`); rows labelled -1 count as unlabelled. Factors: dict `targets`.
     """
+    if isinstance(getattr(dataset, "dataset", None), Dataset) and hasattr(dataset, "batches"):
+        dataset = dataset.dataset  # a LoaderDataset: the Dataset it reads
     if isinstance(dataset, EvalData):
         out = dataset
+    elif isinstance(dataset, Dataset) and not all(hasattr(dataset, a) for a in ("data", "avail", "modalities")):
+        out = read_dataset(dataset, names, n, seed)
+        n = None
     else:
         mods = list(dataset.modalities)
         names = list(names) if names is not None else mods

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import write_text
 from .grid import Grid
 from .runner import run_state, write_json_atomic
-from .summary import COLUMNS, render_markdown, run_row, study_figure, summarise_rows
+from .summary import COLUMNS, at_matched_error, render_markdown, render_matched, run_row, study_figure, summarise_rows
 
 
 def folder_statuses(grid: Grid, out: Path) -> dict:
@@ -53,14 +54,14 @@ def write_study(grid: Grid, out: Path, statuses: dict | None = None, reconstruct
     rows = [r for r in (run_row(f, axes) for f in folders) if r is not None]
     groups = summarise_rows(rows, axes)
     figure = study_figure(groups, out / "study.png") if groups else None
+    x = "recon_self" if any(r.get("recon_self") is not None for r in rows) else "imputation_error"
+    matched = at_matched_error(groups, x)
     result = {"grid": asdict(grid), "columns": COLUMNS, "runs": statuses, "rows": rows, "summary": groups,
-              "figure": figure.name if figure else None}
+              "matched": matched, "figure": figure.name if figure else None}
     write_json_atomic(out / "study.json", result)
     md = render_markdown(groups, axes, title=f"Study {Path(grid.source).name}: {grid.dataset}, {grid.epochs} "
-                         "epochs", statuses=statuses)
+                         "epochs", statuses=statuses) + render_matched(matched)
     if figure:
         md += f"\n![study]({figure.name})\n"
-    tmp = out / f".study.md.{id(md)}.tmp"
-    tmp.write_text(md)
-    tmp.replace(out / "study.md")
+    write_text(out / "study.md", md)
     return result

@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+from ..atomic import replace_file
+
 #: the columns of the table: key -> header
 COLUMNS = {"recon_self": "self-recon MSE", "imputation_error": "imputation MSE", "probe_unimodal": "probe unimodal",
            "probe_joint": "probe joint", "coherence_mean": "coherence (cond.)", "coherence_joint": "coherence joint"}
@@ -123,6 +125,53 @@ def render_markdown(groups: list[dict], axes: tuple[str, ...] = (), title: str =
     return "\n".join(lines) + "\n"
 
 
+def _interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """y at x on the piecewise-linear curve through `points` (x, y), None outside its x range."""
+    pts = sorted(points)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[0][1] if len(pts) == 1 and pts[0][0] == x else None
+
+
+def at_matched_error(groups: list[dict], x: str = "recon_self", ys=("probe_unimodal", "coherence_mean")) -> dict:
+    """Each model's y at one common reconstruction error (the MMVM paper's comparison "at equal reconstruction
+    error"): every model's beta curve (x, y) is linearly interpolated at the middle of the x range that all models
+    with at least two points span. -> {"x": key, "at": x*, "range": [lo, hi], "models": {model: {y: value}}}, or
+    {"x", "at": None, "why"} when their ranges do not overlap."""
+    curves = {}
+    for model in dict.fromkeys(g["model"] for g in groups):
+        mine = [g for g in groups if g["model"] == model]
+        curves[model] = {y: [(p[1]["mean"], p[2]["mean"]) for p in _xy(mine, x, y)] for y in ys}
+    spans = [[px for px, _ in c[ys[0]]] for c in curves.values() if len(c[ys[0]]) >= 2]
+    if not spans:
+        return {"x": x, "at": None, "why": "no model has two or more betas with both numbers"}
+    lo, hi = max(min(s) for s in spans), min(max(s) for s in spans)
+    if lo > hi:
+        return {"x": x, "at": None, "why": f"the models' {COLUMNS[x]} ranges do not overlap"}
+    at = (lo + hi) / 2
+    models = {m: {y: _interpolate(c[y], at) for y in ys} for m, c in curves.items()}
+    return {"x": x, "at": at, "range": [lo, hi],
+            "models": {m: v for m, v in models.items() if any(val is not None for val in v.values())}}
+
+
+def render_matched(matched: dict) -> str:
+    """The markdown paragraph and table of `at_matched_error`."""
+    if matched.get("at") is None:
+        return f"\nAt matched reconstruction error: not computed ({matched.get('why')}).\n"
+    ys = list(next(iter(matched["models"].values()), {}))
+    lines = ["", f"At matched reconstruction error ({COLUMNS[matched['x']]} = {matched['at']:.4g}, the middle of "
+             f"the range [{matched['range'][0]:.4g}, {matched['range'][1]:.4g}] that every model's beta curve spans; "
+             "each curve linearly interpolated):", "", "| model | " + " | ".join(COLUMNS[y] for y in ys) + " |",
+             "|---|" + "---|" * len(ys)]
+    best = {y: max((v[y] for v in matched["models"].values() if v[y] is not None), default=None) for y in ys}
+    for model, vals in matched["models"].items():
+        cells = ["-" if vals[y] is None else (f"**{vals[y]:.4g}**" if vals[y] == best[y] else f"{vals[y]:.4g}")
+                 for y in ys]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _xy(groups: list[dict], x: str, y: str):
     pts = [(g["beta"], g["metrics"].get(x), g["metrics"].get(y)) for g in groups]
     pts = [(b, sx, sy) for b, sx, sy in pts if sx and sy and sx["mean"] is not None and sy["mean"] is not None]
@@ -161,8 +210,6 @@ def study_figure(groups: list[dict], path: Path) -> Path | None:
         return None
     axs[0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    replace_file(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
-    tmp.replace(path)
     return path

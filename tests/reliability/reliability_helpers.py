@@ -20,7 +20,10 @@ ROOT = HERE.parent.parent
 SMOKE = os.environ.get("MMVAE_SMOKE") == "1"
 
 #: what the closing summary reports (conftest.py prints it)
-COUNTS = {"bad_input_cases": 0, "bad_input_calls": 0, "kills": 0, "kills_mid_write": 0, "fuzz_examples": 0}
+COUNTS = {"bad_input_cases": 0, "bad_input_calls": 0, "kills": 0, "kills_mid_write": 0, "fuzz_examples": 0,
+          "disk_full": 0, "write_faults": 0, "lock": 0, "corrupt_file": 0, "nonfinite_checkpoint": 0}
+#: how the disk-full cases were made (a real size-limited filesystem, or a fault-injecting file object, and why)
+METHODS: set[str] = set()
 
 
 def count(key: str, n: int = 1) -> None:

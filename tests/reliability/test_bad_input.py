@@ -170,7 +170,9 @@ def test_missing_values_are_never_read(preset):
     avail[~avail.any(1), 1] = True
     fills = [0.0, float("nan"), 1e30, -float("inf")]
     results = []
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # buffers too: MM-VAMP's annealing step count
     for fill in fills:
+        model.load_state_dict(state)
         xf = {k: torch.where(avail[:, i, None], v, torch.full_like(v, fill)) for i, (k, v) in enumerate(x.items())}
         loss, terms, grads = _loss_and_grads(model, xf, avail)
         torch.manual_seed(4)
@@ -329,6 +331,7 @@ def test_train_config_files_are_checked(tmp_path, capsys):
     code, err = _cli(["train", "--epochs", "-1", "--out", tmp_path / "run"], capsys)
     assert code == 2 and "'epochs'" in err
     assert not (tmp_path / "run").exists()
-    (tmp_path / "ok.json").write_text(json.dumps({"epochs": 0, "dataset": "toy"}))
-    assert _cli(["train", "--config", tmp_path / "ok.json", "--out", tmp_path / "run", "--device", "cpu",
-                 "--quiet"], capsys)[0] == 0
+    (tmp_path / "zero.json").write_text(json.dumps({"epochs": 0, "dataset": "toy"}))  # issue 14: no untrained run
+    code, err = _cli(["train", "--config", tmp_path / "zero.json", "--out", tmp_path / "run", "--device", "cpu",
+                      "--quiet"], capsys)
+    assert code == 2 and "'epochs' must be >= 1" in err and not (tmp_path / "run").exists()

@@ -89,7 +89,8 @@ def test_streak_resets_after_a_good_step():
 
 
 def test_nonfinite_gradient_skipped():
-    """A finite loss with a NaN gradient is skipped too, before the optimiser step."""
+    """A finite loss with a NaN gradient is skipped too, before the optimiser step; an epoch in which no step was
+    finite ends the run (issue 14: training that never made a finite step is an error, not a result)."""
     data = toy(32)
     model = toy_model(data, "mmvm")
     weights = lambda: {k: v.detach().clone() for k, v in model.named_parameters()}  # noqa: E731 (not buffers)
@@ -98,7 +99,8 @@ def test_nonfinite_gradient_skipped():
     weight.register_hook(lambda g: g * float("nan"))
     with pytest.warns(RuntimeWarning, match="non-finite gradients"):
         t = Trainer(model, max_epochs=1, batch_size=16, progress=False, device="cpu", max_nonfinite=10)
-        t.fit(data)
+        with pytest.raises(NonFiniteLossError, match="train/loss is nan"):
+            t.fit(data)
     assert same(start, weights()) and t.opt.state_dict()["state"] == {}
 
 
