@@ -340,13 +340,14 @@ def load_classifiers(folder, map_location="cpu") -> dict[str, Classifier] | None
     return out
 
 
-def classifiers_match(classifiers: dict[str, Classifier] | None, train) -> bool:
+def classifiers_match(classifiers: dict[str, Classifier] | None, train, sums: dict | None = None) -> bool:
     """True if there is a cached classifier of this version for every modality and each was trained on exactly
-    this data (its modality's rows, or its pooled group's)."""
+    this data (its modality's rows, or its pooled group's). sums: a memo {group tuple: checksum of its training
+    rows}, filled here, so that several lookups on one dataset hash it once."""
     if not classifiers:
         return False
     train = as_eval_data(train)
-    sums: dict = {}
+    sums = {} if sums is None else sums
     for name in train.names:
         c = classifiers.get(name)
         if c is None or c.meta.get("version") != CLASSIFIER_VERSION:

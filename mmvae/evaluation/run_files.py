@@ -173,25 +173,30 @@ def dataset_spec(config: dict) -> tuple[str, dict]:
     return name, spec
 
 
-def classifier_key(train, test, epochs: int, seed: int) -> str:
+def classifier_key(train, test, epochs: int, seed: int, sums: dict | None = None) -> str:
     """The shared cache's name for classifiers trained on `train` and scored on `test` with these settings: a
-    sha256 prefix of the classifier version, the epochs, the seed and every pooled group's data checksums."""
+    sha256 prefix of the classifier version, the epochs, the seed and every pooled group's data checksums (train
+    checksums taken from and added to the memo `sums`, as `classifiers_match` keeps it)."""
     import hashlib
 
     train, test = as_eval_data(train), as_eval_data(test)
-    groups = pooled_groups(train, train.names)
-    sums = [(g, data_checksum(*group_data(train, g)), data_checksum(*group_data(test, g))) for g in groups]
-    text = json.dumps([CLASSIFIER_VERSION, epochs, seed, sums])
+    sums = {} if sums is None else sums
+    parts = []
+    for g in pooled_groups(train, train.names):
+        if tuple(g) not in sums:
+            sums[tuple(g)] = data_checksum(*group_data(train, g))
+        parts.append((g, sums[tuple(g)], data_checksum(*group_data(test, g))))
+    text = json.dumps([CLASSIFIER_VERSION, epochs, seed, parts])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _cached(folder: Path, train, device) -> dict | None:
-    """The classifiers in `folder` if they were trained on exactly this data (else None)."""
+def _cached(folder: Path, train, device, sums: dict) -> dict | None:
+    """The classifiers in `folder` if they were trained on exactly this data (else None); sums: the checksum memo."""
     try:
         cached = load_classifiers(folder, map_location=device)
     except CheckpointError:  # written by another version of the classifiers: retrain and overwrite
         return None
-    return cached if classifiers_match(cached, train) else None
+    return cached if classifiers_match(cached, train, sums) else None
 
 
 def get_classifiers(run_dir, train, test, device, epochs: int, seed: int, shared: Path | None = None
@@ -200,8 +205,8 @@ def get_classifiers(run_dir, train, test, device, epochs: int, seed: int, shared
     this data), "shared" (another run's, from `shared`/<classifier_key>, e.g. the study's other runs on the same
     data) or "trained" (now, then saved in both places; concurrent evaluations wait on a file lock and train
     once)."""
-    folder = Path(run_dir) / CLASSIFIER_DIR
-    clfs = _cached(folder, train, device)
+    folder, sums = Path(run_dir) / CLASSIFIER_DIR, {}  # sums: each group's data hashed once for all lookups
+    clfs = _cached(folder, train, device, sums)
     if clfs is not None:
         return clfs, "cached"
     if shared is None:
@@ -209,10 +214,10 @@ def get_classifiers(run_dir, train, test, device, epochs: int, seed: int, shared
     else:
         from filelock import FileLock
 
-        entry = Path(shared) / classifier_key(train, test, epochs, seed)
+        entry = Path(shared) / classifier_key(train, test, epochs, seed, sums)
         entry.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(entry) + ".lock"):
-            clfs, source = _cached(entry, train, device), "shared"
+            clfs, source = _cached(entry, train, device, sums), "shared"
             if clfs is None:
                 clfs, source = train_classifiers(train, test, epochs=epochs, device=device, seed=seed), "trained"
                 save_classifiers(clfs, entry)
