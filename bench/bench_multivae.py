@@ -8,6 +8,9 @@ step and the loss of both at the same initialisation.
 
     python bench/bench_multivae.py            # default: 28x28 PolyDigits, batch 128 and 256 (~5 min on 2 CPU cores)
     python bench/bench_multivae.py --quick    # 16x16, batch 64, fewer steps (~1 min on CPU)
+    python bench/bench_multivae.py --net mlp --data synthetic --dim 32 --latent 16   # the MLP regime
+
+`bench/run.py` calls `compare` from here for its MultiVae tables.
 
 Needs `multivae` next to mmvae (see bench/README.md). The device is CUDA when present, else CPU (`--device`).
 """
@@ -15,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
-import gc
 import importlib.metadata
 import json
 import platform
-import re
 import statistics
 import sys
 import time
@@ -30,11 +30,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stepmem import CPUPeak, step_peak_mib  # noqa: E402
+
 import mmvae
 from mmvae import Modality, MultimodalVAE
 from mmvae.aggregators import MoPoE as MoPoEAggregator
 from mmvae.aggregators import PoE
-from mmvae.networks import ConvDecoder, ConvEncoder
+from mmvae.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from mmvae.objectives import OBJECTIVES
 
 try:
@@ -44,20 +47,36 @@ try:
     from multivae.models.nn import BaseMultilatentEncoder
     from pythae.models.base.base_utils import ModelOutput as PythaeOutput
     from pythae.models.nn.base_architectures import BaseDecoder
-except ImportError as err:  # pragma: no cover - the bench is useless without it
-    sys.exit(f"bench_multivae needs the `multivae` package ({err}); see bench/README.md")
+
+    MULTIVAE_ERROR = None
+except ImportError as err:  # run.py still runs its mmvae-only tables; main() below exits
+    MULTIVAE_ERROR = f"{type(err).__name__}: {err}"
+    BaseMultilatentEncoder = BaseDecoder = nn.Module
 
 MODELS = ("mopoe", "mvae", "mmvae", "mmvaeplus")
 try:
     MULTIVAE_VERSION = importlib.metadata.version("multivae")
 except importlib.metadata.PackageNotFoundError:
-    MULTIVAE_VERSION = getattr(multivae, "__version__", "unknown")
+    MULTIVAE_VERSION = getattr(multivae, "__version__", "unknown") if MULTIVAE_ERROR is None else None
 LAPLACE_SCALE = 0.75
 
 
 # ------------------------------------------------------------------------------------------------ data
+def synthetic_vectors(M: int, n: int, dim: int, seed: int) -> tuple[dict[str, Tensor], Tensor]:
+    """M modalities [N, dim] sharing one 8-d factor: x_m = A_m h + 0.1 noise, h ~ N(0, I). -> (data, labels)"""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, 8, generator=g)
+    data = {f"m{m}": h @ torch.randn(8, dim, generator=g) / 8 ** 0.5 + 0.1 * torch.randn(n, dim, generator=g)
+            for m in range(M)}
+    return data, (h[:, 0] > 0).long()
+
+
 def make_data(args) -> tuple[dict[str, Tensor], Tensor, str]:
-    """M image modalities [N, 3, S, S] in [0, 1]: PolyDigits (no download) or uniform noise. -> (data, labels, what)"""
+    """M image modalities [N, 3, S, S] in [0, 1]: PolyDigits (no download) or uniform noise; or, with
+    --data synthetic, M vectors [N, dim] (the MLP regime). -> (data, labels, what)"""
+    if args.data == "synthetic":
+        data, labels = synthetic_vectors(args.modalities, args.n, args.dim, args.seed)
+        return data, labels, f"synthetic {args.dim}-d"
     if args.data == "polydigits":
         try:
             from mmvae.datasets import PolyDigits
@@ -109,10 +128,13 @@ class WrappedDecoder(BaseDecoder):
         return PythaeOutput(reconstruction=self.net(z))
 
 
-def make_networks(names: list[str], shape, shared_dim: int, private_dim: int, seed: int) -> dict:
-    """One (encoder, decoder) pair per modality, seeded; each library gets its own deep copy."""
+def make_networks(names: list[str], shape, shared_dim: int, private_dim: int, seed: int, net: str = "conv") -> dict:
+    """One (encoder, decoder) pair per modality, seeded; each library gets its own deep copy. net="conv" for
+    images, "mlp" (2 x 256 hidden) for vectors."""
     torch.manual_seed(seed)
     d = shared_dim + private_dim
+    if net == "mlp":
+        return {n: (MLPEncoder(shape, 2 * d), MLPDecoder(d, shape)) for n in names}
     return {n: (ConvEncoder(shape, 2 * d), ConvDecoder(d, shape, sigmoid=True)) for n in names}
 
 
@@ -263,50 +285,7 @@ def mean_loss(runner: Runner, reps: int, seed: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ memory
-def _status_kb(field_name: str) -> int:
-    return int(re.search(rf"{field_name}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
-
-
-class CPUPeak:
-    """Peak resident memory of a step above the RSS before it, from /proc (Linux/glibc only, approximate).
-
-    Large allocations are forced onto mmap (returned to the OS on free) and freed memory is trimmed before each
-    step, so the high-water mark reflects that step's live tensors. Returns None where this is unavailable.
-    """
-
-    def __init__(self):
-        self.libc = None
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: fixed, no dynamic growth
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM
-            self.libc = libc
-        except (OSError, AttributeError):
-            pass
-
-    def measure(self, fn) -> float | None:
-        if self.libc is None:
-            return None
-        gc.collect()
-        self.libc.malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _status_kb("VmRSS")
-        fn()
-        return (_status_kb("VmHWM") - base) / 1024.0  # MiB
-
-
-def step_peak_mib(runner: Runner, device, cpu_peak: CPUPeak | None) -> float | None:
-    """Peak memory of one training step above the resting state (weights, Adam state and data), in MiB."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        runner.step()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    return cpu_peak.measure(runner.step) if cpu_peak is not None else None
+# CPUPeak and step_peak_mib live in stepmem.py (shared with run.py's per-subprocess measurement)
 
 
 # ------------------------------------------------------------------------------------------------ one comparison
@@ -349,7 +328,7 @@ def measure_memory(res: dict, runners: dict, device, cpu_peak: CPUPeak | None, r
     peaks = {}
     if device.type == "cuda" or cpu_peak is not None:
         for lib in ("mmvae", "multivae"):
-            peaks[lib] = statistics.median(step_peak_mib(runners[lib], device, cpu_peak) for _ in range(reps))
+            peaks[lib] = statistics.median(step_peak_mib(runners[lib].step, device, cpu_peak) for _ in range(reps))
     res["peak_mib"] = peaks or None
     res["memory_ratio"] = peaks["mmvae"] / peaks["multivae"] if peaks and peaks["multivae"] else None
 
@@ -394,7 +373,10 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=28, help="image side (divisible by 4)")
     p.add_argument("--modalities", type=int, default=5)
     p.add_argument("--n", type=int, default=2048, help="number of tuples")
-    p.add_argument("--data", choices=("polydigits", "random"), default="polydigits")
+    p.add_argument("--data", choices=("polydigits", "random", "synthetic"), default="polydigits",
+                   help="synthetic: vectors of --dim (use with --net mlp)")
+    p.add_argument("--net", choices=("conv", "mlp"), default="conv", help="conv for images, mlp (2 x 256) for vectors")
+    p.add_argument("--dim", type=int, default=32, help="vector size of --data synthetic")
     p.add_argument("--latent", type=int, default=32, help="shared latent size")
     p.add_argument("--private-dim", type=int, default=16, help="private latent size (mmvaeplus)")
     p.add_argument("--K", type=int, default=1, help="importance samples (mmvae, mmvaeplus)")
@@ -429,6 +411,8 @@ def fill_defaults(args, device: torch.device) -> None:
 
 
 def main(argv=None) -> int:
+    if MULTIVAE_ERROR is not None:
+        sys.exit(f"bench_multivae needs the `multivae` package ({MULTIVAE_ERROR}); see bench/README.md")
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else torch.device(args.device)
@@ -453,7 +437,8 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         for kind in models:
-            nets = make_networks(names, shape, args.latent, args.private_dim if kind == "mmvaeplus" else 0, args.seed)
+            nets = make_networks(names, shape, args.latent, args.private_dim if kind == "mmvaeplus" else 0, args.seed,
+                                 args.net)
             r, runners = compare(kind, nets, shape, data, labels, bs, args, device)
             results.append(r)
             pending.append((r, runners))
@@ -480,7 +465,8 @@ def main(argv=None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "torch": torch.__version__, "python": platform.python_version(), "mmvae": mmvae.__version__,
         "multivae": MULTIVAE_VERSION, "threads": torch.get_num_threads(),
-        "data": what, "modalities": len(names), "shape": list(shape), "n": args.n, "latent": args.latent,
+        "data": what, "net": args.net, "modalities": len(names), "shape": list(shape), "n": args.n,
+        "latent": args.latent,
         "private_dim": args.private_dim, "K": args.K, "loss": args.loss, "likelihood": f"laplace({LAPLACE_SCALE})",
         "batch_sizes": [int(b) for b in args.batch_sizes.split(",")],
         "timing": {"warmup": args.warmup, "rounds": args.rounds, "steps": args.steps, "mem_reps": args.mem_reps,

@@ -3,6 +3,7 @@ MSE, coherence |S|=1, and the latent diagnostics: posterior sd, spread of the po
 
     python bench/mmvm_fidelity.py MODEL BETA EPOCHS SEED ['{"prior": {...}}'] [--lr LR] [--tag TAG] [--out F.jsonl]
     python bench/mmvm_fidelity.py --table F.jsonl ...      # mean over seeds per (tag, beta), as a markdown table
+    python bench/mmvm_fidelity.py --figure OUT.png TAG,TAG F.jsonl ...   # the study's frontier figure of those tags
 
 Every run scores coherence with the same classifiers (trained once, 10 epochs, cached in --classifiers DIR), so
 rows compare with each other; settings as issue 13's table: shared_dim 16, batch 256, Adam, 1 torch thread.
@@ -64,9 +65,25 @@ def diagnostics(model, data):
     return {"post_sd": sd, "mean_spread": spread, "rms_m0_m1": rms01}
 
 
+def figure(out: str, tags: str, paths: list[str]) -> None:
+    """The MMVM paper's frontier (`mmvae.study.summary.study_figure`) from the rows of the given tags: one line per
+    tag across beta, mean and standard deviation over seeds."""
+    from mmvae.study.summary import study_figure, summarise_rows
+
+    keep = tags.split(",")
+    rows = [json.loads(ln) for f in paths for ln in open(f)]
+    rows = [{"model": r["tag"], "beta": r["beta"], "seed": r["seed"], "recon_self": r["rec"],
+             "probe_unimodal": r["probe"], "coherence_mean": r["coh"]} for r in rows if r["tag"] in keep]
+    rows.sort(key=lambda r: (keep.index(r["model"]), r["beta"]))
+    study_figure(summarise_rows(rows), Path(out), labels={"coherence_mean": "coherence |S| = 1"})
+    print(out)
+
+
 def main():
     if sys.argv[1:2] == ["--table"]:
         return table(sys.argv[2:])
+    if sys.argv[1:2] == ["--figure"]:
+        return figure(sys.argv[2], sys.argv[3], sys.argv[4:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model"), p.add_argument("beta", type=float), p.add_argument("epochs", type=int)
     p.add_argument("seed", type=int), p.add_argument("over", nargs="?", default="{}")

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
-from .gaussian import Experts, SubsetPosterior
+from .gaussian import Experts, SubsetPosterior, poe_kl_std_normal
 from .registry import from_spec
 
 
@@ -44,6 +44,7 @@ class Aggregator:
     combine = "mixture"  # q is the mixture over subsets ("mixture") or each subset scores on its own ("sum")
     reconstruct = "all"  # every subset decodes every observed modality ("all") or only its members ("members")
     stratify = True  # decode every subset (True) or one subset drawn per sample (False)
+    fuses_any = True  # `fuse` takes any members [n, B, M] (not only the rows of `subsets`), so draws fuse alone
 
     def subsets(self, M: int) -> Tensor:  # [K, M] bool
         """The subsets this aggregator builds posteriors for.  # [K, M] bool"""
@@ -62,26 +63,65 @@ class Aggregator:
         return cache[key]
 
     def __call__(self, experts: Experts) -> SubsetPosterior:
-        """q(z | x_S) for every subset and sample: the [K, M] mask restricted to what each sample observed."""
+        """q(z | x_S) for every subset and sample: the [K, M] mask restricted to what each sample observed.
+        Built lazily: the [K, B, M] members and the [K, B, D] Gaussians only when they are read."""
         M = experts.mu.shape[0]
         S = self.mask(M, experts.mu.device)  # [K, M]
-        avail = experts.avail  # [B, M]
-        w = S[:, None, :] & avail[None]  # [K, B, M]
-        if self.restrict == "contain":
-            valid = (S[:, None, :] <= avail[None]).all(-1)  # [K, B]: S within the observed set
-        else:
-            valid = w.any(-1)  # [K, B]
-        if not bool(valid.any(0).all()):
+        valid = self.valid(S, experts.avail)  # [K, B]
+        ok, complete = torch.stack([valid.any(0).all(), valid.all()]).tolist()  # one host sync
+        if not ok:
             raise InputError("a sample has no observed modality: every sample needs at least one")
-        w = w & valid[..., None]
-        mu, logvar = self.fuse(w, experts)
-        weight = valid.to(mu.dtype)
+        weight = valid.to(experts.mu.dtype)
         weight = weight / weight.sum(0, keepdim=True)  # [K, B]
-        return SubsetPosterior(mu, logvar, w, weight, S)
+        return SubsetPosterior(weight=weight, subsets=S, recipe=_Subsets(self, S, experts, valid, complete))
+
+    def valid(self, S: Tensor, avail: Tensor) -> Tensor:
+        """Which subsets each sample can use, by counting members: "contain" none missing, else one observed.
+        S [K, M], avail [B, M] -> [K, B] bool"""
+        Sf = S.to(torch.float32)
+        if self.restrict == "contain":
+            return torch.mm(Sf, (~avail).T.to(torch.float32)) == 0  # [K, B]: S within the observed set
+        return torch.mm(Sf, avail.T.to(torch.float32)) > 0  # [K, B]
+
+    def fuse_all(self, members: Tensor, experts: Experts, complete: bool) -> tuple[Tensor, Tensor]:
+        """(mu, logvar) [K, B, D] of every subset; complete: every subset is valid for every sample."""
+        return self.fuse(members, experts)
+
+    def kl_std_normal(self, S: Tensor, experts: Experts, valid: Tensor) -> Tensor | None:
+        """A fused KL(q_k || N(0, I)) of every subset, or None to have it computed from the Gaussians."""
+        return None
 
     def config(self) -> dict:
         """The spec that rebuilds this aggregator (`make_aggregator(config())`)."""
         return {"name": self.name}
+
+
+class _Subsets:
+    """The lazy builder of an aggregator's SubsetPosterior: members, Gaussians and KLs computed only when read."""
+
+    def __init__(self, aggregator: Aggregator, S: Tensor, experts: Experts, valid: Tensor, complete: bool):
+        self.aggregator, self.S, self.experts, self.valid, self.complete = aggregator, S, experts, valid, complete
+
+    def members(self) -> Tensor:  # [K, B, M] bool
+        """S restricted to what each sample observed, empty where the subset is not valid.  # [K, B, M]"""
+        w = self.S[:, None, :] & self.experts.avail[None]  # [K, B, M]
+        return w if self.complete else w & self.valid[..., None]
+
+    def select(self, k: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(mu, logvar, members) [n, B, ...] of the subsets k [n, B] drawn per sample (valid ones: weight > 0),
+        fused alone; None where the aggregator can only fuse all its subsets at once."""
+        if not self.aggregator.fuses_any:
+            return None
+        members = self.S[k] & self.experts.avail[None]  # [n, B, M]
+        return (*self.aggregator.fuse(members, self.experts), members)
+
+    def fuse(self, members: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, logvar) [K, B, D] of every subset, from their members [K, B, M]."""
+        return self.aggregator.fuse_all(members, self.experts, self.complete)
+
+    def kl_std_normal(self) -> Tensor | None:
+        """The aggregator's fused KL(q_k || N(0, I)) of every subset, if it has one.  # [K, B]"""
+        return self.aggregator.kl_std_normal(self.S, self.experts, self.valid)
 
 
 def _poe(w: Tensor, experts: Experts, prior_expert: bool) -> tuple[Tensor, Tensor]:
@@ -126,6 +166,16 @@ class PoE(Aggregator):
         """Product of the selected experts (with the N(0, I) expert if prior_expert)."""
         return _poe(w, experts, self.prior_expert)
 
+    def kl_std_normal(self, S, experts, valid):
+        """KL(q_k || N(0, I)) of every product, fused (gaussian.poe_kl_std_normal); 0 where q_k is not valid."""
+        if S.shape[0] < 8:  # a handful of subsets: the plain closed form is as cheap
+            return None
+        a = experts.avail.T[..., None]  # [M, B, 1]
+        prec_m = torch.where(a, torch.exp(-experts.logvar), 0.0)  # [M, B, D]
+        num_m = torch.where(a, experts.mu * prec_m, 0.0)
+        kl = poe_kl_std_normal(S, prec_m, num_m, self.prior_expert)  # [K, B]
+        return torch.where(valid, kl, 0.0)
+
     def config(self):
         """The spec that rebuilds this aggregator (`make_aggregator(config())`)."""
         return {"name": self.name, "prior_expert": self.prior_expert, "subsets": self.subsets_kind}
@@ -151,10 +201,15 @@ class MoE(Aggregator):
 
     name = "moe"
     restrict = "contain"
+    fuses_any = False  # `fuse` reads row k of the members as expert k
 
     def subsets(self, M):
         """Each modality alone.  # [M, M] bool"""
         return torch.eye(M, dtype=torch.bool)
+
+    def fuse_all(self, members, experts, complete):
+        """Every expert as it is when all are observed (no copy), else `fuse`."""
+        return (experts.mu, experts.logvar) if complete else self.fuse(members, experts)
 
     def fuse(self, w, experts):
         """Each expert as it is; zeros for subsets a sample did not observe."""

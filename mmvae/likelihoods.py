@@ -9,6 +9,7 @@ import math
 
 import pyro.distributions as pdist
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import InputError
@@ -20,6 +21,7 @@ class Likelihood(nn.Module):
 
     name = "base"
     discrete = False  # True: data are integer tokens and the decoder adds a trailing class dim
+    counts = False  # True: data are non-negative integer counts and `mean` gives rates (bits per spike applies)
 
     def dist(self, params: Tensor, event_dims: int) -> pdist.TorchDistribution:
         """The Pyro distribution of x given decoder output `params`, with `event_dims` trailing event dims."""
@@ -34,6 +36,11 @@ class Likelihood(nn.Module):
     def mean(self, params: Tensor) -> Tensor:
         """The decoded point estimate (the distribution's mean, or mode for categorical)."""
         return self.dist(params, 0).mean
+
+    def draw(self, params: Tensor) -> Tensor:
+        """A draw x ~ p(x | params) (counts, tokens, noisy values), where `mean` gives the point estimate.
+        params [..., B, *out] -> [..., B, *shape]"""
+        return self.dist(params, 0).sample()
 
     def check(self, x: Tensor, modality: str) -> None:
         """Raise InputError if x is not valid data for this likelihood (dtype, range)."""
@@ -155,7 +162,109 @@ class Categorical(Likelihood):
         return {"name": self.name, "num_classes": self.num_classes}
 
 
-LIKELIHOODS = {c.name: c for c in (Gaussian, Laplace, Bernoulli, ContinuousBernoulli, Categorical)}
+MIN_RATE = 1e-8  # floor of a count rate: keeps log(rate) and its gradient finite where softplus underflows
+
+
+def softplus_rate(params: Tensor) -> Tensor:
+    """The count link: rate = max(softplus(params), MIN_RATE).  [..., B, *shape]"""
+    return F.softplus(params).clamp_min(MIN_RATE)
+
+
+def check_counts(x: Tensor, modality: str, name: str) -> None:
+    """InputError unless x is floating-point and holds finite, non-negative, integral values (counts)."""
+    if not torch.is_floating_point(x):
+        raise InputError(f"modality {modality!r}: {name} likelihood expects counts as a floating-point tensor "
+                         f"(e.g. x.float()), got {x.dtype}")
+    bad = {"non-finite": ~x.isfinite(), "negative": x < 0, "non-integer": x != x.round()}
+    for problem, where in bad.items():
+        n = int(where.sum())
+        if n:
+            example = float(x[where][0])
+            raise InputError(f"modality {modality!r}: {name} likelihood expects non-negative integer counts, got "
+                             f"{n} {problem} value(s) (e.g. {example:g})")
+
+
+class Poisson(Likelihood):
+    """x ~ Poisson(softplus(decoder(z))), independently per element (spike counts in time bins).
+
+    Link: softplus, not exp. exp(decoder) overflows float32 beyond an output of 88 and its gradient grows with the
+    rate, so one large decoder output early in training gives an inf loss; softplus is linear for large outputs
+    (gradient at most 1) and about exp for very negative ones, so low rates keep a log-linear shape. `mean` gives
+    the rates, `draw` counts.
+    """
+
+    name = "poisson"
+    counts = True
+
+    def dist(self, params, event_dims):
+        """Poisson(softplus(params)) with `event_dims` trailing event dims."""
+        return pdist.Poisson(softplus_rate(params), validate_args=False).to_event(event_dims)
+
+    def mean(self, params):
+        """The rate softplus(params)."""
+        return softplus_rate(params)
+
+    def check(self, x, modality):
+        """InputError unless x holds non-negative integer counts (as floats)."""
+        check_counts(x, modality, self.name)
+
+
+class NegativeBinomial(Likelihood):
+    """x ~ NB(mean mu = softplus(decoder(z)), dispersion r): var = mu + mu^2 / r, Poisson as r -> infinity.
+
+    Pyro's `NegativeBinomial(total_count=r, logits=log mu - log r)` (the Gamma-Poisson mixture with Gamma shape r
+    and mean mu). r is learned (a weight, saved in the state_dict) per feature along the last data axis
+    (`features`, e.g. neurons of a [T, neurons] modality) or as one scalar (features=None); it starts at
+    `dispersion`. The rate link is softplus, as for `Poisson`.
+    """
+
+    name = "negative_binomial"
+    counts = True
+
+    def __init__(self, features: int | None = None, dispersion: float = 1.0, learn_dispersion: bool = True):
+        super().__init__()
+        if features is not None and features < 1:
+            raise InputError(f"negative_binomial: features must be a positive integer or None, got {features}")
+        if not dispersion > 0:
+            raise InputError(f"negative_binomial: dispersion must be > 0, got {dispersion}")
+        self.features, self.initial_dispersion, self.learn_dispersion = features, float(dispersion), learn_dispersion
+        log_r = torch.full((features,) if features else (), math.log(dispersion))  # [F] or []
+        if learn_dispersion:
+            self.log_dispersion = nn.Parameter(log_r)
+        else:
+            self.register_buffer("log_dispersion", log_r)
+
+    def dispersion(self) -> Tensor:
+        """r = exp(log_dispersion), [F] (broadcast along the data's last axis) or a scalar."""
+        return self.log_dispersion.exp()
+
+    def dist(self, params, event_dims):
+        """NB(mean softplus(params), dispersion r) with `event_dims` trailing event dims; r along the last axis."""
+        if self.features is not None and params.shape[-1] != self.features:
+            raise InputError(f"negative_binomial: {self.features} dispersion features, but the decoder gives "
+                             f"{params.shape[-1]} along the last axis")
+        log_r = self.log_dispersion.to(params.dtype)
+        logits = softplus_rate(params).log() - log_r  # log(mu / r)
+        return pdist.NegativeBinomial(total_count=log_r.exp().expand_as(params), logits=logits,
+                                      validate_args=False).to_event(event_dims)
+
+    def mean(self, params):
+        """The rate mu = softplus(params)."""
+        return softplus_rate(params)
+
+    def check(self, x, modality):
+        """InputError unless x holds non-negative integer counts (as floats)."""
+        check_counts(x, modality, self.name)
+
+    def config(self):
+        """The spec that rebuilds this likelihood (`make_likelihood(config())`)."""
+        # a learned dispersion is a weight (in the state_dict); the config keeps its shape and starting value
+        return {"name": self.name, "features": self.features, "dispersion": self.initial_dispersion,
+                "learn_dispersion": self.learn_dispersion}
+
+
+LIKELIHOODS = {c.name: c for c in (Gaussian, Laplace, Bernoulli, ContinuousBernoulli, Categorical, Poisson,
+                                   NegativeBinomial)}
 
 
 def make_likelihood(spec: str | dict | Likelihood) -> Likelihood:

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from . import distributed
-from .checkpoint import BEST, LAST, TrainingState, read_checkpoint, restore_modules, versions
+from .checkpoint import BEST, LAST, TrainingState, read_checkpoint, read_trainer_settings, restore_modules, versions
 from .datasets.loader import as_batches
-from .devices import module_device
+from .devices import module_device, use_threads
 from .distributed import Ranks, StopRequest
 from .errors import CheckpointError, InputError, NonFiniteLossError  # noqa: F401 (CheckpointError re-exported)
 from .progress import EpochBar, EpochSums, print_epoch, step_scalars
@@ -95,6 +95,33 @@ def _apply_gradients(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: tor
     scaler.step(opt)
     scaler.update()
     return None
+
+
+def _check_epochs(max_epochs) -> int:
+    """`Trainer(max_epochs=)`: at least 1."""
+    if int(max_epochs) < 1:
+        raise InputError(f"Trainer(max_epochs=) must be >= 1 (epochs in all, a resumed run's included), got "
+                         f"{max_epochs!r}")
+    return int(max_epochs)
+
+
+def _check_threads(threads):
+    """`Trainer(threads=)`: None (torch's count within the usable CPUs) or an integer >= 1."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"Trainer(threads=) must be an integer >= 1 or None, got {threads!r}")
+    return threads
+
+
+def _set_threads(threads: int | None, resume, device: torch.device) -> str | None:
+    """Set torch's CPU threads (`devices.pick_threads`) and say why (None on a GPU); a resumed run keeps its
+    checkpoint's count unless told otherwise, since CPU sums split by thread and exact resume needs the same split."""
+    if device.type != "cpu":
+        return None
+    saved = read_trainer_settings(resume).get("threads") if resume is not None else None
+    if threads is None and isinstance(saved, int) and not isinstance(saved, bool) and saved >= 1:
+        torch.set_num_threads(saved)
+        return "the resumed run's"
+    return use_threads(threads)[1]
 
 
 def _check_resume(state: TrainingState, now: dict, ranks: Ranks, where, on_cpu: bool) -> None:
@@ -192,20 +219,18 @@ class Trainer:
     `functools.partial(torch.optim.SGD, lr=0.1)` (a bare class is such a callable, but gets no `lr`).
     amp: mixed precision, CUDA only. max_nonfinite: consecutive non-finite steps tolerated (each skipped) before
     NonFiniteLossError. log_every: steps between progress-bar refreshes. extra_config: more JSON for
-    `config.json` and the checkpoint (e.g. the dataset).
+    `config.json` and the checkpoint (e.g. the dataset). threads: torch's CPU threads (None: `devices.pick_threads`).
     """
 
     def __init__(self, model: nn.Module, max_epochs: int = 10, batch_size: int = 128, lr: float | None = None,
                  optimizer=None, device: str | torch.device = "auto", seed: int = 0, out=None, amp: bool = False,
                  resume=None, progress: bool = True, max_nonfinite: int = 10, grad_clip: float | None = None,
                  checkpoint_every: int = 1, log_every: int = 10, drop_last: bool = False,
-                 find_unused_parameters: bool = True, extra_config: dict | None = None):
+                 find_unused_parameters: bool = True, extra_config: dict | None = None, threads: int | None = None):
         _check_optimizer(optimizer)
+        self.threads_arg = _check_threads(threads)
         self.model, self.optimizer_arg, self.device_arg = model, optimizer, device
-        if int(max_epochs) < 1:
-            raise InputError(f"Trainer(max_epochs=) must be >= 1 (epochs in all, a resumed run's included), got "
-                             f"{max_epochs!r}")
-        self.max_epochs, self.batch_size, self.seed = int(max_epochs), int(batch_size), int(seed)
+        self.max_epochs, self.batch_size, self.seed = _check_epochs(max_epochs), int(batch_size), int(seed)
         self.lr_arg, self.lr = lr, 1e-3 if lr is None else float(lr)
         self.out, self.resume = (Path(out) if out is not None else None), resume
         self.amp, self.progress, self.max_nonfinite, self.grad_clip = amp, progress, int(max_nonfinite), grad_clip
@@ -228,6 +253,7 @@ class Trainer:
     def _setup(self, ranks: Ranks, device: torch.device) -> None:
         """Seed, place the model, build optimiser, AMP and DDP, restore `resume`, and open the run folder."""
         torch.manual_seed(self.seed + ranks.rank)  # also seeds every CUDA device
+        self.threads_why = _set_threads(self.threads_arg, self.resume, device)
         self.model.to(device)
         self.opt = _make_optimizer(self.optimizer_arg, [p for p in self.model.parameters() if p.requires_grad], self.lr)
         self.use_amp, self.amp_dtype = _amp_settings(self.amp, device)

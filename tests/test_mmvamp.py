@@ -244,7 +244,7 @@ def test_mmvm_imputes_from_the_mixture_of_observed_posteriors_and_embeds_their_a
 
 
 def test_mmvm_preset_warms_up_from_independent_vaes_and_mmvm_paper_keeps_the_authors_settings():
-    """`mmvm` anneals alpha 1 -> 0 over 200 steps (issue 13: started at alpha 0, short runs sit on a broad,
+    """`mmvm` anneals alpha 1 -> 0 over 100 steps (issue 13: started at alpha 0, short runs sit on a broad,
     unaligned plateau); `mmvm_paper` is the authors' PolyMNIST run: alpha 0 from the first step, latent size 512."""
     from mmvae.models import PRESETS
 
@@ -252,9 +252,9 @@ def test_mmvm_preset_warms_up_from_independent_vaes_and_mmvm_paper_keeps_the_aut
     model = PRESETS["mmvm"](mods())
     assert model.aggregator.name == "none" and model.shared_dim == 16
     assert model.prior.config() == {"name": "mmvamp", "kl": "bound", "n_samples": 1, "alpha_start": 1.0,
-                                    "alpha_end": 0.0, "anneal_steps": 200, "detach_prior": False}
+                                    "alpha_end": 0.0, "anneal_steps": 100, "detach_prior": False}
     assert model.prior.alpha == 1.0 and PRESETS["mmvm"](mods(), anneal_steps=50).prior.anneal_steps == 50
-    model.prior.steps.fill_(100)
+    model.prior.steps.fill_(50)
     assert model.prior.alpha == pytest.approx(0.5)
     model.prior.steps.fill_(500)
     assert model.prior.alpha == 0.0

@@ -44,6 +44,8 @@ def data(liks=("gaussian", "bernoulli", "categorical"), seed=1, n=B):
             x[f"m{i}"] = (torch.rand(n, 6, generator=g) > 0.5).float()
         elif lik == "continuous_bernoulli":
             x[f"m{i}"] = torch.rand(n, 6, generator=g)
+        elif lik in ("poisson", "negative_binomial"):
+            x[f"m{i}"] = torch.poisson(torch.full((n, 6), 2.0), generator=g)
         else:
             x[f"m{i}"] = torch.randn(n, 6, generator=g)
     return x

@@ -17,7 +17,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from mmvae import InputError, Modality, MultimodalVAE
-from mmvae.gaussian import kl_std_normal, log_normal
+from mmvae.gaussian import kl_std_normal, log_normal, sample_index
 from mmvae.networks import MLPDecoder, MLPEncoder
 from mmvae.objectives import ELBO, make_objective
 
@@ -177,7 +177,7 @@ def naive_elbo(vae, x, avail, seed, kl, combine, members_only, stratify):
     if stratify:
         ks = torch.arange(K)[:, None].expand(K, B)  # [K', B]: subset of each drawn z
     else:
-        ks = torch.multinomial(post.weight.T, 1).T  # [1, B]
+        ks = sample_index(post.weight)  # [1, B]: the objective's own sampler (its law: test_gaussian)
     eps = torch.randn(ks.shape[0], B, Ds)
     members = post.members[ks, torch.arange(B)[None]]  # [K', B, M]
     priv_eps = {}

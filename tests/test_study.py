@@ -133,7 +133,7 @@ def test_the_summary_of_hand_written_runs_has_the_known_means_and_deviations(tmp
 def test_models_are_compared_at_one_matched_reconstruction_error():
     """Known answer: curves a (recon 0.1 -> 0.3, probe 0.9 -> 0.7) and b (0.2 -> 0.4, probe 0.5 -> 0.9) overlap on
     [0.2, 0.3]; at 0.25, a's probe is 0.75 and b's 0.6; c (one beta) does not set the range but is read where its
-    one point lies; d's curve never overlaps a's."""
+    one point lies; d's curve never overlaps a's or b's, so the comparison is made without d, and says so."""
     from mmvae.study.summary import at_matched_error, render_matched
 
     def group(model, beta, recon, probe):
@@ -149,8 +149,12 @@ def test_models_are_compared_at_one_matched_reconstruction_error():
     assert m["models"]["b"]["probe_unimodal"] == pytest.approx(0.6)
     assert m["models"]["c"]["probe_unimodal"] == pytest.approx(0.8)  # its one point lies exactly there
     assert "| c | **0.8** | **0.8** |" in render_matched(m) and "| a | 0.75 | 0.75 |" in render_matched(m)
-    apart = at_matched_error(groups[:2] + [group("d", 1.0, 0.5, 0.1), group("d", 2.0, 0.6, 0.2)])
-    assert apart["at"] is None and "do not overlap" in render_matched(apart)
+    assert m["outside"] == []
+    apart = at_matched_error(groups + [group("d", 1.0, 0.5, 0.1), group("d", 2.0, 0.6, 0.2)])
+    assert apart["at"] == pytest.approx(0.25) and apart["outside"] == ["d"] and "d" not in apart["models"]
+    assert "d: no point in that range" in render_matched(apart)
+    alone = at_matched_error(groups[:2] + [group("d", 1.0, 0.5, 0.1), group("d", 2.0, 0.6, 0.2)])
+    assert alone["outside"] == ["d"] and alone["models"]["a"]["probe_unimodal"] == pytest.approx(0.8)  # at 0.2
 
 
 def _wait_for(pred, proc, timeout):

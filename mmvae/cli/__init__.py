@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..devices import oversubscribed, use_threads
 from ..errors import CheckpointError, InputError, NonFiniteLossError, WriteError
 from .commands import COMMANDS
 from .options import OPTIONS, Option, check_settings, defaults, read_config, settings
@@ -21,13 +22,28 @@ def build_parser() -> argparse.ArgumentParser:
     """The `mmvae` parser, one subparser per entry of `COMMANDS`."""
     parser = argparse.ArgumentParser(prog="mmvae", description="Multimodal VAEs with shared and private latents.")
     debug = "show the Python traceback of an unexpected error instead of one line"
+    threads = ("torch's CPU threads (default: torch's own count, capped at the CPUs this process may use; use 1 when "
+               "other jobs share the CPUs: more threads than free cores make each step many times slower)")
     parser.add_argument("--debug", action="store_true", help=debug)
+    parser.add_argument("--threads", type=_threads, metavar="N", help=threads)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help[0].upper() + command.help[1:] + ".")
         command.add_arguments(p)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
+        p.add_argument("--threads", type=_threads, metavar="N", default=argparse.SUPPRESS, help=threads)
     return parser
+
+
+def _threads(text: str) -> int:
+    """`--threads N`: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expects an integer >= 1, got {text!r}")
+    return n
 
 
 def _os_error(e: OSError) -> str:
@@ -43,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     say = lambda text: print(f"mmvae {args.command}: {text}", file=sys.stderr)  # noqa: E731
     try:
+        threads, _ = use_threads(args.threads)  # the trainer and the evaluators run on these threads
+        if args.threads is None and sys.stderr.isatty() and (note := oversubscribed(threads)):
+            say(f"note: {note}")
         return COMMANDS[args.command].run(args)
     except (InputError, CheckpointError) as e:
         say(f"error: {e}")

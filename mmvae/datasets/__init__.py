@@ -9,6 +9,7 @@ from .idx import find_fashion_mnist, load_fashion_mnist, read_idx
 from .polydigits import PolyDigits
 from .polyfashion import PolyFashion
 from .polymnist import PolyMNIST, build_polymnist
+from .spikes import SyntheticSpikes
 from .toy import SharedPrivateToy
 
 
@@ -25,6 +26,14 @@ def make_toy(split: str = "train", seed: int = 0, n_train: int | None = None, n_
     """SharedPrivateToy (Gaussian data with known shared and private factors; 4000 / 1000 samples by default)."""
     kw.setdefault("n", n_train if split == "train" else n_test)
     return SharedPrivateToy(split, seed=seed, **kw)
+
+
+def make_spikes(split: str = "train", seed: int = 0, n_train: int | None = None, n_test: int | None = None,
+                data_root: str | None = None, **kw):
+    """SyntheticSpikes (Poisson counts of 5 subjects [20 bins, 24-40 neurons], 4 conditions, known shared and
+    private factors; 2000 / 500 trials by default); kw: its options. `data_root` is unused (the data are made)."""
+    kw.setdefault("n", n_train if split == "train" else n_test)
+    return SyntheticSpikes(split, seed=seed, **kw)
 
 
 def make_polyfashion(split: str = "train", seed: int = 0, data_root: str | None = None, n_train: int | None = None,
@@ -45,7 +54,7 @@ def make_polymnist(split: str = "train", seed: int = 0, data_root: str | None = 
 
 #: CLI name -> dataset factory; each is called as factory(split=..., **kw)
 DATASETS = {"polydigits": make_polydigits, "toy": make_toy, "polyfashion": make_polyfashion,
-            "polymnist": make_polymnist}
+            "polymnist": make_polymnist, "spikes": make_spikes}
 
 
 def resolve(name: str) -> str:
@@ -65,7 +74,7 @@ def get_dataset(name: str, split: str = "train", **kw) -> MultimodalDataset:
     raise InputError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}, or a path to a .npz file or a folder")
 
 
-__all__ = ["MultimodalDataset", "PolyDigits", "SharedPrivateToy", "read_idx", "find_fashion_mnist",
+__all__ = ["MultimodalDataset", "PolyDigits", "SharedPrivateToy", "SyntheticSpikes", "read_idx", "find_fashion_mnist",
            "load_fashion_mnist", "get_dataset", "DATASETS", "from_path", "load_npz_dataset",
            "load_image_folder", "read_npz", "resolve",
            "PolyMNIST", "PolyFashion", "build_polymnist"]

@@ -12,6 +12,7 @@ from ..devices import module_device
 from ..errors import InputError
 from .cells import CellSums, summarise
 from .classifiers import predict
+from .decoding import impute_cells
 from .subset_batches import as_eval_data, conditioning_subsets, gather_rows, row_chunks, subset_batches
 
 
@@ -39,7 +40,7 @@ def conditional_coherence(model, dataset, classifiers: dict, batch_size: int | N
     sums = CellSums(subsets, names, ("hit",), dtype=torch.float32)  # float32 as ever: same numbers
     for r, k in subset_batches(data.avail, subsets, batch_size and max(1, batch_size // n_samples)):  # [R], [R]
         mask = subsets[k]  # [R, M]: each row observes its own subset
-        gen = model.impute(gather_rows(data.data, r, dev), targets=names, n_samples=n_samples, avail=mask.to(dev))
+        gen = impute_cells(model, gather_rows(data.data, r, dev), mask.to(dev), ~mask.to(dev), n_samples)
         sums.add(k, ~mask, hit=_hits(gen, ~mask, data.labels[r], classifiers, names, n_samples))
     matrix = {key: v["hit"] for key, v in sums.means().items()}
     out = summarise(matrix)
@@ -51,16 +52,15 @@ def _hits(gen: dict, target: torch.Tensor, y: torch.Tensor, classifiers: dict, n
           ) -> torch.Tensor:
     """Fraction of a row's n_samples generations of m that modality m's classifier labels y.
 
-    gen: name -> [n, R, *shape] (or [R, *shape] when n_samples == 1); target [R, M] bool: the cells to score;
-    y [R].  -> [R, M] float, 0 outside `target`
+    gen: name -> [n, R', *shape], the generations of the R' rows with target[:, m] (`impute_cells`); target [R, M]
+    bool: the cells to score; y [R].  -> [R, M] float, 0 outside `target`
     """
     hits = torch.zeros(target.shape, dtype=torch.float32)  # [R, M]
     for j, m in enumerate(names):
         rows = target[:, j]  # [R]: m is not in the row's S
         if not bool(rows.any()):
             continue
-        out = gen[m] if n_samples > 1 else gen[m][None]  # [n, R, *shape]
-        out = out[:, rows.to(out.device)]  # [n, R', *shape]: only the rows that generate m
+        out = gen[m]  # [n, R', *shape]: only the rows that generate m
         pred = predict(classifiers[m], out.reshape(-1, *out.shape[2:])).view(n_samples, -1).cpu()  # [n, R']
         hits[rows, j] = (pred == y[rows]).float().mean(0)  # [R']
     return hits

@@ -19,6 +19,7 @@ from torch import Tensor
 from ..devices import module_device
 from ..gaussian import log_normal, log_std_normal, rsample
 from .cells import CellSums, summarise
+from .decoding import impute_cells
 from .subset_batches import as_eval_data, conditioning_subsets, gather_rows, subset_batches
 
 
@@ -64,6 +65,9 @@ def _summaries(cells: dict, stats: tuple[str, ...]) -> dict:
     return out
 
 
+STATS = ("error", "error_of_mean", "spread")
+
+
 @torch.no_grad()
 def imputation_error(model, dataset, n_samples: int = 10, batch_size: int | None = 20_000) -> dict:
     """For every subset S and every observed m not in S: the error of n_samples imputations of x_m from x_S.
@@ -75,26 +79,37 @@ def imputation_error(model, dataset, n_samples: int = 10, batch_size: int | None
     names = list(model.names)
     data = as_eval_data(dataset, names)
     dev = module_device(model)
-    stats = ("error", "error_of_mean", "spread")
     subsets = conditioning_subsets(len(names))  # [K, M]
-    sums = CellSums(subsets, names, stats)
+    sums = CellSums(subsets, names, STATS)
     for r, k in subset_batches(data.avail, subsets, batch_size and max(1, batch_size // n_samples)):  # [R], [R]
         x = gather_rows(data.data, r, dev)
-        gen = model.impute(x, targets=names, n_samples=n_samples, avail=subsets[k].to(dev))
         use = (~subsets[k]) & data.avail[r]  # [R, M]: m not in S, and its real value known
-        values = {st: torch.zeros(use.shape, dtype=torch.float64) for st in stats}  # stat -> [R, M]
-        for j, m in enumerate(names):
-            if not bool(use[:, j].any()):
-                continue
-            out = gen[m] if n_samples > 1 else gen[m][None]  # [n, R, *shape]
-            disc = _is_discrete(model, m) or not x[m].is_floating_point()
-            for st, v in zip(stats, _sample_stats(out, x[m], disc)):
-                values[st][:, j] = v.double().cpu()
-        sums.add(k, use, **values)
+        gen = impute_cells(model, x, subsets[k].to(dev), use.to(dev), n_samples)  # name -> [n, R_m, *shape]
+        sums.add(k, use, **imputation_values(model, gen, x, use))
+    return imputation_summary(model, sums, n_samples, len(data))
+
+
+def imputation_values(model, gen: dict[str, Tensor | None], x: dict[str, Tensor], use: Tensor) -> dict[str, Tensor]:
+    """Per-row STATS of the imputations gen (name -> [n, R_m, *shape] for the rows use[:, m], or None), against
+    the real x (name -> [R, *shape]).  -> stat -> [R, M] float64, 0 outside `use`"""
+    values = {st: torch.zeros(use.shape, dtype=torch.float64) for st in STATS}  # stat -> [R, M]
+    for j, m in enumerate(model.names):
+        rows = use[:, j]  # [R]
+        if gen.get(m) is None or not bool(rows.any()):
+            continue
+        true = x[m][rows.to(x[m].device)]  # [R_m, *shape]
+        disc = _is_discrete(model, m) or not true.is_floating_point()
+        for st, v in zip(STATS, _sample_stats(gen[m], true, disc)):
+            values[st][rows, j] = v.double().cpu()
+    return values
+
+
+def imputation_summary(model, sums: CellSums, n_samples: int, n_tuples: int) -> dict:
+    """imputation_error's dict from its cell sums."""
     cells = sums.means()
     out = {"matrix": cells, **_summaries(cells, ("error", "spread"))}
-    out.update(n_samples=n_samples, n_tuples=len(data),
-               error_metric={m: ("mismatch_rate" if _is_discrete(model, m) else "mse_per_dim") for m in names})
+    out.update(n_samples=n_samples, n_tuples=n_tuples,
+               error_metric={m: ("mismatch_rate" if _is_discrete(model, m) else "mse_per_dim") for m in model.names})
     return out
 
 
@@ -106,19 +121,32 @@ def importance_terms(model, x: dict[str, Tensor], mask: Tensor, K: int) -> tuple
     with w_j,l from q(w_j | x_j) for members of the row's subset and from p(w_j) = N(0, I) otherwise). Entries of
     modalities a row does not have are finite but meaningless.
     """
+    log_v, ll, _ = importance_pass(model, x, mask, K)
+    return log_v, ll
+
+
+@torch.no_grad()
+def importance_pass(model, x: dict[str, Tensor], mask: Tensor, K: int, keep: Tensor | None = None, n_keep: int = 0
+                    ) -> tuple[Tensor, Tensor, dict[str, Tensor | None]]:
+    """importance_terms, and the decoded means of the first n_keep draws at the cells keep [B, M] (the imputations
+    that `conditional_loglik`'s decodes already hold).  -> (log v [L, B], ll [L, B, M], name -> [n_keep, B_m, *shape]
+    for the B_m rows with keep[:, m], or None)"""
     x = {n: torch.nan_to_num(t) if t.is_floating_point() else t for n, t in x.items()}
     post, enc = model.posterior(x, mask)
     z = post.sample_component(K)  # [L, B, Ds]
     log_v = model.prior.log_prob(z, enc.experts) - post.log_prob(z)  # [L, B]
-    lls, ratios = [], []  # [L, B] per modality
+    lls, ratios, kept = [], [], {}  # [L, B] per modality
     for j, name in enumerate(model.names):
         w, log_ratio = _private_code(enc, name, mask[:, j], model.private_dims[name], K)
         params = model.decode(name, z, w)  # [L, B, *out]
-        lls.append(model.modalities[name].likelihood.log_prob(params, x[name]))  # [L, B]
+        lik = model.modalities[name].likelihood
+        lls.append(lik.log_prob(params, x[name]))  # [L, B]
         ratios.append(torch.zeros_like(log_v) if log_ratio is None else log_ratio)
+        rows = None if keep is None or n_keep == 0 else keep[:, j].nonzero().squeeze(1)  # [B_m]
+        kept[name] = lik.mean(params[:n_keep, rows]) if rows is not None and rows.numel() else None
     ll, ratio = torch.stack(lls, -1), torch.stack(ratios, -1)  # [L, B, M]
     log_v = log_v + torch.where(mask[None], ll + ratio, 0.0).sum(-1)
-    return log_v, ll
+    return log_v, ll, kept
 
 
 def _private_code(enc, name: str, member: Tensor, d: int, L: int) -> tuple[Tensor | None, Tensor | None]:
@@ -153,14 +181,22 @@ def conditional_loglik(model, dataset, K: int = 100, batch_size: int | None = 20
     names = list(model.names)
     data = as_eval_data(dataset, names)
     dev = module_device(model)
-    dims = {m: max(1, math.prod(model.modalities[m].shape or data.data[m].shape[1:])) for m in names}
     subsets = conditioning_subsets(len(names))  # [K, M]
-    sums = CellSums(subsets, names, ("loglik", "nll"))
+    sums = CellSums(subsets, names, LOGLIK_STATS)
     for r, k in subset_batches(data.avail, subsets, batch_size and max(1, batch_size // K)):  # [B], [B]
         x = gather_rows(data.data, r, dev)
         log_v, ll = importance_terms(model, x, subsets[k].to(dev), K)  # [L, B], [L, B, M] with L = K samples
         cond, nll = _conditional_terms(log_v, ll)  # [B, M], [B, M]
         sums.add(k, (~subsets[k]) & data.avail[r], loglik=cond, nll=nll)  # m not in S, and its real value known
+    return loglik_summary(model, sums, data, K)
+
+
+LOGLIK_STATS = ("loglik", "nll")
+
+
+def loglik_summary(model, sums: CellSums, data, K: int) -> dict:
+    """conditional_loglik's dict from its cell sums: per cell loglik, loglik_per_dim, nll_per_dim; their means."""
+    dims = {m: max(1, math.prod(model.modalities[m].shape or data.data[m].shape[1:])) for m in model.names}
     cells = {key: {"loglik": v["loglik"], "loglik_per_dim": v["loglik"] / dims[m], "nll_per_dim": v["nll"] / dims[m]}
              for key, m, v in sums.items()}
     out = {"matrix": cells, **_summaries(cells, ("loglik_per_dim", "nll_per_dim"))}

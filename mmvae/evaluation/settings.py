@@ -21,7 +21,7 @@ class EvalSettings:
     imputation_samples: int = 10  # imputations per (S, tuple)
     imputation_n_tuples: int = 1000  # test tuples the imputation metrics use
     loglik_K: int = 50  # importance samples of log p(x_m | x_S)
-    batch_rows: int | None = None  # rows per model call; None: 200k on CUDA, 20k on CPU
+    batch_rows: int | None = None  # rows per model call; None: 200k on CUDA, 2k on CPU
     plot_tuples: int = 4  # tuples in the cross-generation grid
     map_points: int = 1000  # points in the latent map
 

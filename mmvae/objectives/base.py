@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..gaussian import SubsetPosterior, kl_std_normal, rsample
+from ..gaussian import SubsetPosterior, kl_std_normal, rsample, sample_index
 
 
 @dataclass
@@ -64,11 +64,7 @@ def draw_subsets(post: SubsetPosterior, stratify: bool) -> SubsetPosterior:
     """Either every subset (stratified), or one subset k ~ weight drawn per sample, as a [1, B, ...] posterior."""
     if stratify:
         return post
-    k = torch.multinomial(post.weight.T, 1).T  # [1, B]
-    D, M = post.mu.shape[-1], post.members.shape[-1]
-    pick = lambda t, n: torch.gather(t, 0, k[..., None].expand(1, k.shape[1], n))  # noqa: E731
-    return SubsetPosterior(pick(post.mu, D), pick(post.logvar, D), pick(post.members, M),
-                           torch.ones_like(k, dtype=post.weight.dtype), subsets=None)
+    return post.select(sample_index(post.weight))  # [1, B]
 
 
 def private_kl(enc, names: list[str]) -> dict[str, Tensor]:

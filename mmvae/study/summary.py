@@ -136,32 +136,44 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> float | None:
 
 def at_matched_error(groups: list[dict], x: str = "recon_self", ys=("probe_unimodal", "coherence_mean")) -> dict:
     """Each model's y at one common reconstruction error (the MMVM paper's comparison "at equal reconstruction
-    error"): every model's beta curve (x, y) is linearly interpolated at the middle of the x range that all models
-    with at least two points span. -> {"x": key, "at": x*, "range": [lo, hi], "models": {model: {y: value}}}, or
-    {"x", "at": None, "why"} when their ranges do not overlap."""
+    error"): every model's beta curve (x, y) is linearly interpolated at the middle of the x range that the most
+    models with at least two points span together (all of them when their ranges overlap; the models left out are
+    listed; a model with one beta is read where its point lies).
+    -> {"x": key, "at": x*, "range": [lo, hi], "models": {model: {y: value}}, "outside": [model, ...]},
+    or {"x", "at": None, "why"} when no model has a curve."""
     curves = {}
     for model in dict.fromkeys(g["model"] for g in groups):
         mine = [g for g in groups if g["model"] == model]
         curves[model] = {y: [(p[1]["mean"], p[2]["mean"]) for p in _xy(mine, x, y)] for y in ys}
-    spans = [[px for px, _ in c[ys[0]]] for c in curves.values() if len(c[ys[0]]) >= 2]
+    spans = {m: (min(px for px, _ in c[ys[0]]), max(px for px, _ in c[ys[0]]))
+             for m, c in curves.items() if len(c[ys[0]]) >= 2}
     if not spans:
         return {"x": x, "at": None, "why": "no model has two or more betas with both numbers"}
-    lo, hi = max(min(s) for s in spans), min(max(s) for s in spans)
-    if lo > hi:
-        return {"x": x, "at": None, "why": f"the models' {COLUMNS[x]} ranges do not overlap"}
+    inside = _most_overlapping(spans)
+    lo, hi = max(spans[m][0] for m in inside), min(spans[m][1] for m in inside)
     at = (lo + hi) / 2
-    models = {m: {y: _interpolate(c[y], at) for y in ys} for m, c in curves.items()}
-    return {"x": x, "at": at, "range": [lo, hi],
+    models = {m: {y: _interpolate(curves[m][y], at) for y in ys} for m in curves if m in inside or m not in spans}
+    return {"x": x, "at": at, "range": [lo, hi], "outside": [m for m in spans if m not in inside],
             "models": {m: v for m, v in models.items() if any(val is not None for val in v.values())}}
+
+
+def _most_overlapping(spans: dict) -> list:
+    """The models whose [lo, hi] spans all contain the point that the most spans contain (first such endpoint)."""
+    points = sorted({v for span in spans.values() for v in span})
+    cover = [[m for m, (lo, hi) in spans.items() if lo <= p <= hi] for p in points]
+    return max(cover, key=len)
 
 
 def render_matched(matched: dict) -> str:
     """The markdown paragraph and table of `at_matched_error`."""
     if matched.get("at") is None:
         return f"\nAt matched reconstruction error: not computed ({matched.get('why')}).\n"
+    outside = matched.get("outside") or []
+    span = "every model's beta curve spans" if not outside else \
+        f"the most models' beta curves span together; {', '.join(outside)}: no point in that range"
     ys = list(next(iter(matched["models"].values()), {}))
     lines = ["", f"At matched reconstruction error ({COLUMNS[matched['x']]} = {matched['at']:.4g}, the middle of "
-             f"the range [{matched['range'][0]:.4g}, {matched['range'][1]:.4g}] that every model's beta curve spans; "
+             f"the range [{matched['range'][0]:.4g}, {matched['range'][1]:.4g}] that {span}; "
              "each curve linearly interpolated):", "", "| model | " + " | ".join(COLUMNS[y] for y in ys) + " |",
              "|---|" + "---|" * len(ys)]
     best = {y: max((v[y] for v in matched["models"].values() if v[y] is not None), default=None) for y in ys}
@@ -178,9 +190,10 @@ def _xy(groups: list[dict], x: str, y: str):
     return sorted(pts, key=lambda p: _order(p[0]))
 
 
-def study_figure(groups: list[dict], path: Path) -> Path | None:
+def study_figure(groups: list[dict], path: Path, labels: dict | None = None) -> Path | None:
     """The MMVM paper's figure: reconstruction error against probe accuracy (|S|=1) and against conditional
-    coherence, one line per model across beta, error bars over seeds. None when nothing can be drawn."""
+    coherence, one line per model across beta, error bars over seeds. None when nothing can be drawn.
+    labels: axis titles that replace COLUMNS' for some keys."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,11 +201,12 @@ def study_figure(groups: list[dict], path: Path) -> Path | None:
 
     x = "recon_self" if any(g["metrics"].get("recon_self", {}).get("mean") is not None for g in groups) \
         else "imputation_error"
+    names = {**COLUMNS, **(labels or {})}
     fig, axs = plt.subplots(1, 2, figsize=(10, 4))
     drawn = False
     for ax, y in zip(axs, ("probe_unimodal", "coherence_mean")):
         if not any(_xy(groups, x, y)):
-            ax.text(0.5, 0.5, f"no {COLUMNS[y]} in the runs' metrics.json", ha="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, f"no {names[y]} in the runs' metrics.json", ha="center", transform=ax.transAxes)
         for model in dict.fromkeys(g["model"] for g in groups):
             pts = _xy([g for g in groups if g["model"] == model], x, y)
             if not pts:
@@ -203,8 +217,8 @@ def study_figure(groups: list[dict], path: Path) -> Path | None:
             for b, sx, sy in pts:
                 ax.annotate(f"β={b:g}", (sx["mean"], sy["mean"]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
-        ax.set_xlabel(COLUMNS[x] + " (lower is better)")
-        ax.set_ylabel(COLUMNS[y])
+        ax.set_xlabel(names[x] + " (lower is better)")
+        ax.set_ylabel(names[y])
     if not drawn:
         plt.close(fig)
         return None
