@@ -160,7 +160,7 @@ def test_impute_and_embed_check_their_inputs(vae):
 
 
 def test_bad_names_in_constructors():
-    _raises(lambda: Modality(likelihood="poisson", shape=(3,)), "unknown likelihood 'poisson'", "gaussian")
+    _raises(lambda: Modality(likelihood="zipf", shape=(3,)), "unknown likelihood 'zipf'", "gaussian")
     mods = {"a": Modality(shape=(3,))}
     _raises(lambda: MultimodalVAE(mods, 2, aggregator="product"), "unknown aggregator 'product'", "mopoe")
     _raises(lambda: MultimodalVAE({"a": Modality(shape=(3,))}, 2, prior="uniform"), "unknown prior 'uniform'")
