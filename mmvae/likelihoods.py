@@ -27,11 +27,16 @@ class Likelihood(nn.Module):
         """The Pyro distribution of x given decoder output `params`, with `event_dims` trailing event dims."""
         raise NotImplementedError
 
-    def log_prob(self, params: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """log p(x | params) summed over x's per-sample dims, 0 where mask [B] is False (Pyro's `.mask`).
+    def log_prob(self, params: Tensor, x: Tensor, mask: Tensor | None = None, present: Tensor | None = None
+                 ) -> Tensor:
+        """log p(x | params) summed over x's per-sample dims, 0 where mask [B] is False (Pyro's `.mask`); with
+        `present` [B, *shape], only the observed entries count (a gap's value in x must be valid, e.g. 0).
         params [..., B, *out], x [B, *shape] -> [..., B]"""
-        d = self.dist(params, x.dim() - 1)
-        return (d if mask is None else d.mask(mask)).log_prob(x)
+        if present is None:
+            d = self.dist(params, x.dim() - 1)
+            return (d if mask is None else d.mask(mask)).log_prob(x)
+        keep = present if mask is None else present & mask.view(-1, *[1] * (x.dim() - 1))  # [B, *shape]
+        return self.dist(params, 0).mask(keep).to_event(x.dim() - 1).log_prob(x)
 
     def mean(self, params: Tensor) -> Tensor:
         """The decoded point estimate (the distribution's mean, or mode for categorical)."""
@@ -154,7 +159,8 @@ class Categorical(Likelihood):
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= self.num_classes:
             raise InputError(
-                f"modality {modality!r}: tokens must lie in [0, {self.num_classes - 1}], got range [{lo}, {hi}]"
+                f"modality {modality!r}: tokens must lie in [0, {self.num_classes - 1}] (-1 marks an entry that "
+                f"is not observed), got range [{lo}, {hi}]"
             )
 
     def config(self):
@@ -263,10 +269,15 @@ class NegativeBinomial(Likelihood):
                 "learn_dispersion": self.learn_dispersion}
 
 
+#: name -> class of every likelihood a config can name: ours, and yours after `mmvae.register_likelihood`
 LIKELIHOODS = {c.name: c for c in (Gaussian, Laplace, Bernoulli, ContinuousBernoulli, Categorical, Poisson,
                                    NegativeBinomial)}
 
 
 def make_likelihood(spec: str | dict | Likelihood) -> Likelihood:
     """A likelihood from an instance, a name ("laplace") or a config dict ({"name": "gaussian", "scale": 0.1})."""
+    name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None
+    if isinstance(spec, (str, dict)) and (not isinstance(name, str) or name not in LIKELIHOODS):
+        raise InputError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}, or register your own "
+                         "class with mmvae.register_likelihood")
     return from_spec(spec, LIKELIHOODS, "likelihood")

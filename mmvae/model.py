@@ -17,7 +17,7 @@ from .gaussian import Experts, SubsetPosterior, rsample, soft_clamp_logvar
 from .modality import Modality
 from .objectives import ModelOutput, Objective, PrivateDraw, Reconstruction, make_objective
 from .priors import make_prior
-from .validation import check_count, check_inputs, check_targets
+from .validation import check_count, check_inputs, check_targets, fill_gaps, gaps
 
 
 @dataclass
@@ -27,6 +27,14 @@ class Encoded:
     experts: Experts  # mu, logvar [M, B, Ds]; avail [B, M]
     private: dict[str, tuple[Tensor, Tensor]]  # name -> (mu, logvar) [B, Dm]; zeros where x_m is missing
     observed: list[bool]  # per modality: observed in any sample of the batch (host-side, for skipping work)
+    present: dict[str, Tensor] | None = None  # name -> [B, *shape] bool, for modalities with gaps (NaN / -1 entries)
+    filled: dict[str, Tensor] | None = None  # name -> [B, *shape]: those modalities with their gaps set to 0
+
+    def inputs(self, name: str, x: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """(x_m with gaps set to 0, its observed entries [B, *shape] or None when it has no gaps)."""
+        if self.present and name in self.present:
+            return self.filled[name], self.present[name]
+        return x[name], None
 
 
 def _private_dims(private_dim: int | dict, names: list[str]) -> dict[str, int]:
@@ -96,13 +104,19 @@ class MultimodalVAE(nn.Module):
     def encode(self, x: dict[str, Tensor], avail: Tensor) -> Encoded:
         """Every observed modality's posterior; only observed rows go through an encoder."""
         B, Ds = avail.shape[0], self.shared_dim
-        observed, complete = torch.stack([avail.any(0), avail.all(0)]).tolist()  # one host sync per batch
+        holes = {n: gaps(t) for n, t in x.items() if t.is_floating_point() or self.modalities[n].likelihood.discrete}
+        has_gaps = torch.stack([holes[n].any() if n in holes else avail.new_zeros(()) for n in self.names])  # [M]
+        observed, complete, gappy = torch.stack([avail.any(0), avail.all(0), has_gaps]).tolist()  # one host sync
+        present = {n: ~holes[n] for i, n in enumerate(self.names) if gappy[i]}
+        filled = {n: fill_gaps(x[n]) for n in present}
         mus, lvs, private = [], [], {}
         for i, name in enumerate(self.names):
             D = Ds + self.private_dims[name]
             if name in x and observed[i]:
                 idx = None if complete[i] else avail[:, i].nonzero().squeeze(1)
-                m, v = self.modalities[name].encode(x[name] if idx is None else x[name].index_select(0, idx))
+                mod = self.modalities[name]
+                xm = x[name] if getattr(mod.encoder, "handles_nan", False) else filled.get(name, x[name])
+                m, v = mod.encode(xm if idx is None else xm.index_select(0, idx))
                 if m.shape[-1] != D:  # checked before index_copy, which would fail with a RuntimeError
                     raise InputError(f"modality {name!r}: encoder gives {m.shape[-1]} posterior means, expected "
                                      f"shared_dim + private_dim = {D}")
@@ -115,7 +129,7 @@ class MultimodalVAE(nn.Module):
             lvs.append(lv[:, :Ds])
             if D > Ds:
                 private[name] = (mu[:, Ds:], lv[:, Ds:])
-        return Encoded(Experts(torch.stack(mus), torch.stack(lvs), avail), private, observed)
+        return Encoded(Experts(torch.stack(mus), torch.stack(lvs), avail), private, observed, present, filled)
 
     def posterior(self, x: dict[str, Tensor], avail: Tensor | None = None) -> tuple[SubsetPosterior, Encoded]:
         """q(z | x_S) for the aggregator's subsets of what is observed, and the encodings it came from."""
@@ -171,7 +185,8 @@ class MultimodalVAE(nn.Module):
                 private[name] = draw
             mod = self.modalities[name]
             params = self.decode(name, zr, None if draw is None else draw.w)  # [L, K', B, *out]
-            lp = mod.likelihood.log_prob(params, x[name], mask=avail[:, i]) * mod.weight  # [L, K', B]
+            xm, present = enc.inputs(name, x)
+            lp = mod.likelihood.log_prob(params, xm, mask=avail[:, i], present=present) * mod.weight  # [L, K', B]
             if members_only:
                 lp = torch.where(in_subset, lp, 0.0)
             if rows is None:
@@ -187,9 +202,12 @@ class MultimodalVAE(nn.Module):
 
     @torch.no_grad()
     def impute(self, observed: dict[str, Tensor], targets: list[str] | None = None, n_samples: int = 1,
-               avail: Tensor | None = None) -> dict[str, Tensor]:
+               avail: Tensor | None = None, draw: bool = False) -> dict[str, Tensor]:
         """Decode `targets` (default: every modality not given) from z ~ q(z | observed) and, for modalities not
-        observed, a private code from its prior. Returns name -> [B, ...], or [n_samples, B, ...] when n_samples > 1.
+        observed, a private code from its prior. Returns name -> [B, ...], or [n_samples, B, ...] when n_samples > 1:
+        the likelihood's mean (rates, probabilities, the most likely token), or with draw=True a draw from it
+        (counts, tokens, noisy values). Gaps (NaN / -1 entries) of an observed modality are filled by
+        `torch.where(gaps, imputed, x)`; the decoded values are returned everywhere.
         """
         targets = check_targets(targets, observed, self.names)
         n_samples = check_count(n_samples, "impute: n_samples", 1)
@@ -199,10 +217,11 @@ class MultimodalVAE(nn.Module):
         for name in targets:
             i = self.names.index(name)
             own = enc.experts.avail[:, i][None].expand(n_samples, -1)  # [n, B]: reconstruct from own code
-            draw = self.private_sample(name, enc, own, 1)
-            params = self.decode(name, z, None if draw is None else draw.w[0])
-            mean = self.modalities[name].likelihood.mean(params)
-            out[name] = mean if n_samples > 1 else mean[0]
+            code = self.private_sample(name, enc, own, 1)
+            params = self.decode(name, z, None if code is None else code.w[0])
+            lik = self.modalities[name].likelihood
+            value = lik.draw(params) if draw else lik.mean(params)
+            out[name] = value if n_samples > 1 else value[0]
         return out
 
     @torch.no_grad()
@@ -212,12 +231,16 @@ class MultimodalVAE(nn.Module):
         return {"shared": post.mean(), "private": {n: mu for n, (mu, _) in enc.private.items() if n in observed}}
 
     @torch.no_grad()
-    def sample(self, n: int) -> dict[str, Tensor]:
-        """Unconditional generation: z ~ N(0, I), w_m from the private priors, every modality decoded."""
+    def sample(self, n: int, draw: bool = False) -> dict[str, Tensor]:
+        """Unconditional generation: z ~ N(0, I), w_m from the private priors, every modality decoded (the
+        likelihood's mean, or with draw=True a draw from it)."""
         n = check_count(n, "sample: n", 0)
         z = torch.randn(n, self.shared_dim, device=self.device)
-        return {name: self.modalities[name].likelihood.mean(self.decode(name, z, self._private_prior(name, (n,))))
-                for name in self.names}
+        out = {}
+        for name in self.names:
+            lik, params = self.modalities[name].likelihood, self.decode(name, z, self._private_prior(name, (n,)))
+            out[name] = lik.draw(params) if draw else lik.mean(params)
+        return out
 
     def _private_prior(self, name: str, lead: tuple[int, ...]) -> Tensor | None:
         """w_m ~ r(w_m) = N(0, diag exp(private_prior_logvar)), None without a private latent.  # [*lead, Dm]"""

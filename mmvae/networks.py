@@ -1,4 +1,5 @@
-"""Ready-made encoders and decoders for common shapes: MLPs for vectors and tokens, small convnets for images.
+"""Ready-made encoders and decoders for common shapes: MLPs for vectors and tokens, small convnets for images, and
+(in `sequences`) temporal convolutions and transformers for [T, C] series and [L] token sequences.
 
 Each network records the arguments it was built with (`spec`), so a checkpoint can rebuild it.
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 import math
 
 from torch import Tensor, nn
+
+from .errors import InputError
 
 
 class _Recorded(nn.Module):
@@ -105,21 +108,57 @@ class ConvDecoder(_Recorded):
         return self.net(z)
 
 
+#: name -> class of every network a spec can name: ours, and yours after `mmvae.register_network`
 NETWORKS = {c.__name__: c for c in (MLPEncoder, MLPDecoder, ConvEncoder, ConvDecoder)}
 
 
 def build_network(spec: dict) -> nn.Module:
-    """Rebuild one of our networks from its recorded `spec`."""
+    """Rebuild a registered network from its recorded `spec` ({"type": name, **arguments})."""
     spec = dict(spec)
-    return NETWORKS[spec.pop("type")](**spec)
+    kind = spec.pop("type", None)
+    if not isinstance(kind, str) or kind not in NETWORKS:
+        raise InputError(f"cannot rebuild network type {kind!r}: it is not registered (known: {sorted(NETWORKS)}); "
+                         "register it with mmvae.register_network")
+    return NETWORKS[kind](**spec)
+
+
+#: the ready-made network families a modality can ask for by name (`Modality(networks=...)`, `--networks`)
+FAMILIES = ("auto", "mlp", "conv", "tconv", "transformer")
+
+
+def is_image(shape) -> bool:
+    """[C, H, W] with H and W divisible by 4: what the conv networks take."""
+    return len(shape) == 3 and shape[1] % 4 == 0 and shape[2] % 4 == 0
+
+
+def is_series(shape, num_classes: int | None = None) -> bool:
+    """A float [T, C] series with T >= 8 steps: what "auto" gives temporal convolutions."""
+    return len(shape) == 2 and shape[0] >= 8 and num_classes is None
 
 
 def default_networks(shape, latent_dim: int, enc_out: int, likelihood: str = "gaussian",
-                     num_classes: int | None = None) -> tuple[nn.Module, nn.Module]:
-    """A sensible encoder/decoder pair for a per-sample shape: convnets for [C, H, W] images, MLPs otherwise."""
+                     num_classes: int | None = None, family: str = "auto") -> tuple[nn.Module, nn.Module]:
+    """An encoder/decoder pair for a per-sample shape. family "auto": convnets for [C, H, W] images, temporal
+    convolutions for [T, C] series (T >= 8), MLPs otherwise (vectors, token [L]); or one of FAMILIES by name:
+    "mlp" (flattening), "conv" (images), "tconv" / "transformer" ([T, C] series or [L] tokens)."""
     shape = tuple(shape)
-    if len(shape) == 3 and shape[1] % 4 == 0 and shape[2] % 4 == 0 and num_classes is None:
+    if family not in FAMILIES:
+        raise InputError(f"unknown networks {family!r}; choose one of {list(FAMILIES)}")
+    if family == "auto":
+        family = "conv" if is_image(shape) and num_classes is None else "tconv" if is_series(shape, num_classes) \
+            else "mlp"
+    if family == "conv":
+        if not is_image(shape) or num_classes is not None:
+            raise InputError(f"networks 'conv' need float [C, H, W] images with H, W divisible by 4, got {shape}")
         sigmoid = likelihood in ("gaussian", "laplace")
         return ConvEncoder(shape, enc_out), ConvDecoder(latent_dim, shape, sigmoid=sigmoid)
+    if family in ("tconv", "transformer"):
+        if not (len(shape) == 2 and num_classes is None or len(shape) == 1 and num_classes is not None):
+            raise InputError(f"networks {family!r} need a float [T, C] series or integer [L] tokens, got shape "
+                             f"{shape}" + (" (tokens)" if num_classes else ""))
+        from .sequences import sequence_networks
+
+        return sequence_networks(shape, latent_dim, enc_out, "conv" if family == "tconv" else "transformer",
+                                 num_classes)
     return (MLPEncoder(shape, enc_out, num_classes=num_classes),
             MLPDecoder(latent_dim, shape, num_classes=num_classes))

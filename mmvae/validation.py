@@ -43,18 +43,41 @@ def check_targets(targets, observed, names: list[str]) -> list[str]:
     return targets
 
 
+MISSING_TOKEN = -1  # an integer entry that is not observed: padding of a token sequence, or a missing row
+
+
 def observed_rows(t: Tensor) -> Tensor:
-    """The rule for missing data: a row that is entirely NaN is missing; integer rows are always observed.  # [B]"""
+    """The rule for missing data: a float row that is entirely NaN, or an integer row that is entirely -1, is
+    missing; a row with only some NaN / -1 entries is observed, with gaps (`gaps`).  # [B]"""
     if torch.is_floating_point(t):
         return ~_rows(t).isnan().all(1)
-    return torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
+    if t.dtype == torch.bool:
+        return torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
+    return ~(_rows(t) == MISSING_TOKEN).all(1)
+
+
+def gaps(t: Tensor) -> Tensor:
+    """The entries of observed rows that are not observed: NaN (floats) or -1 (integers).  # [B, *shape] bool"""
+    if torch.is_floating_point(t):
+        return t.isnan()
+    if t.dtype == torch.bool:
+        return torch.zeros_like(t)
+    return t == MISSING_TOKEN
+
+
+def fill_gaps(t: Tensor, value=0) -> Tensor:
+    """t with its gaps (`gaps`) set to `value`.  # [B, *shape]"""
+    return torch.where(gaps(t), torch.as_tensor(value, dtype=t.dtype, device=t.device), t)
 
 
 def check_inputs(modalities, names: list[str], x, avail=None) -> tuple[dict[str, Tensor], Tensor]:
     """Validate a batch and return (x with missing entries zeroed, avail [B, M] bool).
 
-    With avail=None, a modality absent from x is missing for every sample, and a row that is entirely NaN
-    marks that sample's modality as missing (`observed_rows`). Values where avail is False are never read.
+    With avail=None, a modality absent from x is missing for every sample, and a row that is entirely NaN (or -1
+    for integers) marks that sample's modality as missing (`observed_rows`); with a mask, such a row is missing
+    too. Values where avail is False are never read. NaN / -1 entries inside an observed row are gaps, kept as
+    they are (the model masks them out of the likelihood); Inf is an error. Integer counts for a count likelihood
+    are cast to float.
     """
     B = _check_tensors(modalities, names, x)
     device = next(iter(x.values())).device
@@ -63,7 +86,10 @@ def check_inputs(modalities, names: list[str], x, avail=None) -> tuple[dict[str,
         for name, t in x.items():
             avail[:, names.index(name)] = observed_rows(t).to(device)
     else:
-        avail = _check_mask(avail, B, names, device)
+        avail = _check_mask(avail, B, names, device).clone()
+        for name, t in x.items():
+            i = names.index(name)
+            avail[:, i] &= observed_rows(t).to(device)
     counts = torch.cat([avail.sum(0), (~avail.any(1)).sum()[None]]).tolist()  # one host sync: [M] + [#empty]
     if counts[-1]:
         empty = (~avail.any(1)).nonzero().flatten()
@@ -71,8 +97,12 @@ def check_inputs(modalities, names: list[str], x, avail=None) -> tuple[dict[str,
     clean = _zero_missing(names, x, avail, counts)
     for i, name in enumerate(names):
         if name in clean and counts[i]:
-            t = clean[name]
-            modalities[name].likelihood.check(t if counts[i] == B else t[avail[:, i]], name)
+            lik = modalities[name].likelihood
+            if getattr(lik, "counts", False) and not (clean[name].is_floating_point() or clean[name].is_complex()
+                                                      or clean[name].dtype == torch.bool):
+                clean[name] = clean[name].float()  # integer spike counts: the count likelihoods work on floats
+            t = fill_gaps(clean[name])
+            lik.check(t if counts[i] == B else t[avail[:, i]], name)
     return clean, avail
 
 
@@ -124,7 +154,7 @@ def _check_mask(avail, B: int, names: list[str], device) -> Tensor:
 
 
 def _zero_missing(names: list[str], x: dict[str, Tensor], avail: Tensor, counts: list[int]) -> dict[str, Tensor]:
-    """x with unobserved entries zeroed; InputError for NaN/Inf in observed entries (one host sync)."""
+    """x with unobserved rows zeroed; InputError for Inf in observed entries (one host sync). NaN there is a gap."""
     B = avail.shape[0]
     clean, finite = {}, {}
     for i, name in enumerate(names):
@@ -137,11 +167,12 @@ def _zero_missing(names: list[str], x: dict[str, Tensor], avail: Tensor, counts:
         if counts[i] < B:  # missing entries are never read: zero them
             t = torch.where(rows.view(B, *[1] * (t.dim() - 1)), t, torch.zeros((), dtype=t.dtype, device=t.device))
         if torch.is_floating_point(t):
-            finite[name] = torch.isfinite(t).all()
+            finite[name] = ~t.isinf().any()
         clean[name] = t
     if finite:
         for name, ok in zip(finite, torch.stack(list(finite.values())).tolist()):  # one host sync
             if not ok:
-                bad = (~torch.isfinite(_rows(clean[name])).all(1)).nonzero().flatten()[:10].tolist()
-                raise InputError(f"modality {name!r}: NaN or Inf in observed sample(s) {bad}")
+                bad = _rows(clean[name]).isinf().any(1).nonzero().flatten()[:10].tolist()
+                raise InputError(f"modality {name!r}: Inf in observed sample(s) {bad} (NaN marks an entry as not "
+                                 f"observed; Inf is not allowed)")
     return clean

@@ -92,16 +92,16 @@ def test_tokens_out_of_range(vae):
     x = good()
     x["tok"][2, 1] = 9
     _raises(lambda: vae(x), "modality 'tok'", "[0, 8]", ", 9]")
-    x["tok"][2, 1] = -1
-    _raises(lambda: vae(x), "modality 'tok'", "[-1,")
+    x["tok"][2, 1] = -2  # -1 marks a gap, anything below is an error
+    _raises(lambda: vae(x), "modality 'tok'", "[-2,")
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
-def test_nan_or_inf_in_observed_entry(vae, value):
+@pytest.mark.parametrize("value", [float("inf"), -float("inf")])
+def test_inf_in_observed_entry(vae, value):
     x = good()
     x["vec"][2, 3] = value
-    _raises(lambda: vae(x), "modality 'vec'", "NaN or Inf", "[2]")
-    _raises(lambda: vae(x, torch.ones(B, 3, dtype=torch.bool)), "modality 'vec'", "NaN or Inf")
+    _raises(lambda: vae(x), "modality 'vec'", "Inf in observed", "[2]")
+    _raises(lambda: vae(x, torch.ones(B, 3, dtype=torch.bool)), "modality 'vec'", "Inf in observed")
     # the same value in a sample marked missing is never read
     avail = torch.ones(B, 3, dtype=torch.bool)
     avail[2, 1] = False

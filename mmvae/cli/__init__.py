@@ -1,9 +1,10 @@
 """The `mmvae` command: train, evaluate, compare, impute, and `demo` (all of it on the bundled PolyDigits).
 
 `options.py` holds the table of train settings (flags, config keys, defaults, checks, help); `commands.py` the
-subcommands; here is the parser and the mapping of errors to exit codes: 2 for bad input, an unusable checkpoint,
-a run folder in use or an output that cannot be written, 3 when training stops on non-finite numbers, 130 when
-interrupted, 1 for anything unexpected (one line, and the traceback with `--debug`).
+subcommands; `imports.py` the `--import MODULE` that registers your own parts; here is the parser and the mapping of
+errors to exit codes: 2 for bad input, an unusable checkpoint, a run folder in use or an output that cannot be
+written, 3 when training stops on non-finite numbers, 130 when interrupted, 1 for anything unexpected (one line,
+and the traceback with `--debug`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from ..devices import oversubscribed, use_threads
 from ..errors import CheckpointError, InputError, NonFiniteLossError, WriteError
 from .commands import COMMANDS
+from .imports import IMPORT_HELP, import_module
 from .options import OPTIONS, Option, check_settings, defaults, read_config, settings
 
 __all__ = ["OPTIONS", "Option", "build_parser", "check_settings", "defaults", "main", "read_config", "settings"]
@@ -26,12 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
                "other jobs share the CPUs: more threads than free cores make each step many times slower)")
     parser.add_argument("--debug", action="store_true", help=debug)
     parser.add_argument("--threads", type=_threads, metavar="N", help=threads)
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help=IMPORT_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help[0].upper() + command.help[1:] + ".")
         command.add_arguments(p)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
         p.add_argument("--threads", type=_threads, metavar="N", default=argparse.SUPPRESS, help=threads)
+        p.add_argument("--import", dest="imports_here", action="append", default=[], metavar="MODULE",
+                       help=IMPORT_HELP)
     return parser
 
 
@@ -62,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         threads, _ = use_threads(args.threads)  # the trainer and the evaluators run on these threads
         if args.threads is None and sys.stderr.isatty() and (note := oversubscribed(threads)):
             say(f"note: {note}")
+        for module in args.imports + args.imports_here:  # before the command: their registrations take effect
+            import_module(module, debug=args.debug)
         return COMMANDS[args.command].run(args)
     except (InputError, CheckpointError) as e:
         say(f"error: {e}")

@@ -108,7 +108,7 @@ def _prepare(cfg: dict, out: Path, resume: Path | None, quiet: bool) -> tuple:
     val_set = get_dataset(cfg["dataset"], "test", **ds_kw)
     overrides = {k: cfg[k] for k in ("shared_dim", "private_dim", "beta") if cfg[k] is not None}
     torch.manual_seed(cfg["seed"])  # the initial weights follow the seed too
-    model = build(cfg["model"], train_set, **overrides)
+    model = build(cfg["model"], train_set, networks=cfg["networks"], **overrides)
     trainer = Trainer(model, max_epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                       device=cfg["device"], seed=cfg["seed"], out=out, amp=cfg["amp"], resume=resume,
                       progress=not quiet, max_nonfinite=cfg["max_nonfinite"],
@@ -142,7 +142,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     """`mmvae evaluate RUN`."""
     p.add_argument("run", type=Path, help="run folder to evaluate")
     p.add_argument("--metrics", metavar="LIST",
-                   help="comma list of coherence,latent,imputation,disentanglement (default: all)")
+                   help="comma list of coherence,latent,imputation,counts,disentanglement (default: all)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for report.md and metrics.json (default: the run folder)")
     p.add_argument("--device", default="auto", help=f"{BY_NAME['device'].help} (default: %(default)s)")
@@ -246,6 +246,8 @@ def add_impute_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help=".npz to write")
     p.add_argument("--n-samples", dest="n_samples", type=int, default=1, metavar="N",
                    help="average of this many imputations (default: %(default)s)")
+    p.add_argument("--draw", action="store_true",
+                   help="write a draw from the likelihood (counts, tokens, noisy values) instead of its mean")
 
 
 def impute(args: argparse.Namespace) -> int:
@@ -254,8 +256,9 @@ def impute(args: argparse.Namespace) -> int:
 
     check_count("--n-samples", args.n_samples)
     report = impute_npz(args.checkpoint, args.input, args.out, args.targets.split(",") if args.targets else None,
-                        n_samples=args.n_samples)
-    print(f"wrote {args.out}: imputed {report['imputed']} entries")
+                        n_samples=args.n_samples, draw=args.draw)
+    print(f"wrote {args.out}: imputed {report['imputed']} missing rows and filled {report['filled_gaps']} gaps "
+          f"inside observed rows")
     if report["empty_rows"]:
         print(f"rows with no observed modality, left unfilled (NaN): {report['empty_rows']}", file=sys.stderr)
     return 0
@@ -321,7 +324,8 @@ COMMANDS = {
     "evaluate": Command("coherence, latent probe, imputation, disentanglement; writes report.md",
                         add_evaluate_arguments, evaluate),
     "compare": Command("several runs side by side: compare.md and a coherence plot", add_compare_arguments, compare),
-    "impute": Command("fill missing modalities of a .npz (NaN rows or absent arrays)", add_impute_arguments, impute),
+    "impute": Command("fill missing modalities (NaN / -1 rows, absent arrays) and gaps of a .npz",
+                      add_impute_arguments, impute),
     "demo": Command("train MoPoE on PolyDigits, impute, evaluate, write a report", add_demo_arguments, demo),
     "data": Command("build a dataset: mmvae data polymnist --idx DIR --out DIR", add_data_arguments, data),
     "study": Command("a grid of runs (models x beta x seeds): study.md, .json, .png", add_study_arguments, study),

@@ -80,6 +80,8 @@ OPTIONS = (
     Option("epochs", int, 5, "passes over the training set (in all: a resumed run counts its epochs)", low=1),
     Option("batch_size", int, 128, "training tuples per step", low=1),
     Option("lr", float, 1e-3, "Adam learning rate (with --resume: the checkpoint's unless given)", low=0.0),
+    Option("networks", str, "auto", "ready-made networks: auto (conv for images, temporal conv for [T, C] series, "
+           "MLP otherwise) | mlp | conv | tconv | transformer, or per modality: m0=tconv,m1=mlp"),
     Option("shared_dim", int, None, "size of the shared latent", low=1),
     Option("private_dim", int, None, "size of each modality's private latent, 0 for none", low=0),
     Option("beta", float, None, "weight of the KL term", low=0.0),

@@ -6,7 +6,8 @@ trajectory s_n(t) = g_n * phi(t) (phi: one bump in time per latent dim), and sub
 p_{n,m} ~ N(0, I) a private trajectory w_{n,m}(t) = p_{n,m} * psi(t). Neuron i of subject m fires
 x ~ Poisson(lambda), log lambda_{n,m}(t, i) = b_{m,i} + C_{m,i} . s_n(t) + D_{m,i} . w_{n,m}(t).
 A modality is one subject's counts [T, neurons_m] (time bins first, neurons as channels: the `[T, C]` layout of
-sequence modalities; today's networks flatten it). The maps depend on `seed` only; the trials on `seed` and the split.
+sequence modalities, which get temporal-convolution networks by default). The maps depend on `seed` only; the
+trials on `seed` and the split.
 """
 from __future__ import annotations
 

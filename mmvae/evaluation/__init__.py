@@ -15,12 +15,15 @@ from .classifiers import (
 )
 from .coherence import conditional_coherence, joint_coherence
 from .compare import compare_runs
+from .counts import count_bits_per_spike, training_null_rates
 from .disentanglement import latent_disentanglement, r2_score, r2_table
 from .imputation import conditional_loglik, imputation_error
 from .markdown import render_report
 from .plots import coherence_plot, generation_grid, latent_map, training_curves
 from .probe import fit_logistic, latent_classification, linear_probe
 from .run import evaluate_run
+from .sequence_plots import count_rasters, latent_trajectories, sensor_traces, step_error_plot
+from .sequences import sequence_imputation_error
 from .settings import METRICS, EvalSettings
 from .subset_batches import EvalData, as_eval_data
 
@@ -29,5 +32,7 @@ __all__ = [
     "conditional_coherence", "joint_coherence", "latent_classification", "linear_probe", "fit_logistic",
     "imputation_error", "conditional_loglik", "r2_table", "r2_score", "latent_disentanglement",
     "generation_grid", "latent_map", "coherence_plot", "training_curves",
+    "count_bits_per_spike", "training_null_rates", "sequence_imputation_error",
+    "sensor_traces", "count_rasters", "latent_trajectories", "step_error_plot",
     "evaluate_run", "compare_runs", "render_report", "METRICS", "EvalSettings", "EvalData", "as_eval_data",
 ]

@@ -3,8 +3,9 @@
 A coherence score is only as good as the classifier that reads the generated samples, so each classifier carries
 its own test accuracy and a sha256 of the data it was trained on, and `check_accuracy` refuses weak ones.
 Images get a small ResNet (as the published PolyMNIST protocol uses), vectors an MLP, integer tokens an embedding
-and a 1-d convnet. Any callable `x [B, *shape] -> logits [B, C]` can stand in for a classifier (a user's own);
-`load_user_classifiers` reads a folder in the format `save_classifiers` writes and checks it against a dataset.
+and a 1-d convnet, float sequences [T, C] a temporal convnet pooled over their valid (not NaN-padded) steps. Any
+callable `x [B, *shape] -> logits [B, C]` can stand in for a classifier (a user's own); `load_user_classifiers`
+reads a folder in the format `save_classifiers` writes and checks it against a dataset.
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from torch import Tensor, nn
 from ..atomic import replace_file, write_json
 from ..devices import resolve_device
 from ..errors import CheckpointError, InputError
+from .sequences import TemporalNet, is_sequence
 from .subset_batches import as_eval_data
 
 WEIGHTS_FILE, META_FILE = "classifiers.pt", "classifiers.json"
 #: bumped whenever the networks or their training change: cached classifiers of another version are retrained
 CLASSIFIER_VERSION = 4
-KINDS = ("conv", "mlp", "tokens")
+KINDS = ("conv", "mlp", "tokens", "temporal")
 #: default learning rates: the ResNets' one-cycle peak (BatchNorm takes a high one), the MLP and token nets' constant
 CONV_LR, DENSE_LR = 6e-3, 2e-3
 
@@ -81,29 +83,41 @@ class TokenNet(nn.Module):
         return self.head(torch.cat([h.mean(-1), h.amax(-1)], dim=1))
 
 
+def default_kind(in_shape, vocab: int | None = None) -> str:
+    """The architecture "auto" picks: tokens with a vocabulary, a ResNet for [C, H, W], a temporal convnet for
+    sequences [T, C] (T >= 8), an MLP for anything else."""
+    if vocab:
+        return "tokens"
+    return "conv" if len(in_shape) == 3 else ("temporal" if is_sequence(in_shape) else "mlp")
+
+
 class Classifier(nn.Module):
     """A classifier for one modality: a ResNet for images [C, H, W] ("conv"), an MLP for vectors ("mlp"), an
-    embedding and 1-d convnet for integer tokens ("tokens"). `spec` rebuilds it; `meta` holds test accuracy,
-    checksum and training settings."""
+    embedding and 1-d convnet for integer tokens ("tokens"), a temporal convnet for float sequences [T, C]
+    ("temporal"). `spec` rebuilds it; `meta` holds test accuracy, checksum and training settings."""
 
     def __init__(self, in_shape, num_classes: int, kind: str = "auto", vocab: int | None = None, hidden: int = 128,
                  channels=(16, 32, 64)):
         super().__init__()
         in_shape = tuple(int(s) for s in in_shape)
         if kind == "auto":
-            kind = "tokens" if vocab else ("conv" if len(in_shape) == 3 else "mlp")
+            kind = default_kind(in_shape, vocab)
         if kind not in KINDS:
             raise InputError(f"classifier kind must be 'auto' or one of {list(KINDS)}, got {kind!r}")
         if kind == "tokens" and not vocab:
             raise InputError("a 'tokens' classifier needs the vocabulary size `vocab`")
         if kind == "conv" and len(in_shape) != 3:
             raise InputError(f"a 'conv' classifier reads images [C, H, W], got input shape {list(in_shape)}")
+        if kind == "temporal" and len(in_shape) != 2:
+            raise InputError(f"a 'temporal' classifier reads sequences [T, C], got input shape {list(in_shape)}")
         channels = [int(c) for c in channels]
         self.spec = {"in_shape": list(in_shape), "num_classes": int(num_classes), "kind": kind, "vocab": vocab,
                      "hidden": hidden, "channels": channels}
         self.meta: dict = {}
         if kind == "conv":
             self.net = _resnet(in_shape[0], channels, num_classes)
+        elif kind == "temporal":
+            self.net = TemporalNet(in_shape[1], hidden, num_classes)
         elif kind == "mlp":
             self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), hidden), nn.ReLU(),
                                      nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
@@ -111,10 +125,10 @@ class Classifier(nn.Module):
             self.net = TokenNet(int(vocab), hidden, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:  # [B, *in_shape] -> [B, C]
-        """Class logits; token inputs are clamped into the vocabulary."""
+        """Class logits; token inputs are clamped into the vocabulary, NaN padding of sequences masked."""
         if self.spec["kind"] == "tokens":
             return self.net(x.long().clamp(0, self.spec["vocab"] - 1))
-        return self.net(x.float())
+        return self.net(x.float() if self.spec["kind"] != "mlp" else torch.nan_to_num(x.float()))
 
     @property
     def test_accuracy(self) -> float | None:
@@ -352,6 +366,9 @@ def classifiers_match(classifiers: dict[str, Classifier] | None, train, sums: di
         c = classifiers.get(name)
         if c is None or c.meta.get("version") != CLASSIFIER_VERSION:
             return False
+        x = train.data[name]
+        if (c.spec.get("kind") == "temporal") != (x.is_floating_point() and is_sequence(x.shape[1:])):
+            return False  # a sequence's cached MLP (from before the temporal nets) is retrained
         group = c.meta.get("pooled_with") or [name]
         if name not in group or not set(group) <= set(train.names):
             return False

@@ -3,9 +3,10 @@ Benchmark, Pei et al., NeurIPS Datasets & Benchmarks 2021):
 
     bps = (log L(x | rates) - log L(x | null)) / (n_spikes * ln 2),
 
-L a Poisson likelihood summed over every evaluated element and `null` each neuron's mean count over the evaluated
-data (the benchmark's convention: the null model sees the test data's per-neuron means, so bps > 0 means the
-model predicts *when* and *on which trial* a neuron fires better than its average rate). The neuron axis is a
+L a Poisson likelihood summed over every evaluated element and `null` each neuron's mean count: by default over
+the evaluated data (the benchmark's convention: the null model sees the test data's per-neuron means, so bps > 0
+means the model predicts *when* and *on which trial* a neuron fires better than its average rate); `mmvae evaluate`
+passes the training set's means (`training_null_rates`), a null model that sees no test data. The neuron axis is a
 modality's last axis (a [T, neurons] modality; a vector modality is one neuron per element).
 """
 from __future__ import annotations
@@ -84,24 +85,35 @@ def predicted_rates(model, data, name: str, source: str = "self", n_samples: int
 
 
 def count_bits_per_spike(model, test, modalities: list[str] | None = None, n_samples: int = 10,
-                         batch_size: int | None = 2_000, min_rate: float = MIN_RATE) -> dict:
+                         batch_size: int | None = 2_000, min_rate: float = MIN_RATE,
+                         null: dict[str, Tensor] | None = None) -> dict:
     """Held-out bits per spike of every count modality, self (from its own posterior) and cross (from the others),
-    against the per-neuron mean rates of the rows scored. modalities: None: those with a count likelihood; any
-    modality may be named (a Gaussian model's means are then scored as rates, floored at min_rate).
+    against per-neuron mean rates: null {m: [C]} (e.g. `training_null_rates(train, ...)`), or None: those of the
+    rows scored. modalities: None: those with a count likelihood; any modality may be named (a Gaussian model's
+    means are then scored as rates, floored at min_rate).
 
-    -> {"self": {m: bps}, "cross": {m: bps}, "mean_self", "mean_cross", "n_rows": {m: rows}, "n_samples"}"""
+    -> {"self": {m: bps}, "cross": {m: bps}, "mean_self", "mean_cross", "n_rows": {m: rows}, "n_samples",
+    "null": "given" | "scored rows"}"""
     names = list(model.names)
     data = as_eval_data(test, names)
     modalities = count_modalities(model) if modalities is None else list(modalities)
-    result: dict = {"self": {}, "cross": {}, "n_rows": {}, "n_samples": n_samples, "min_rate": min_rate}
+    result: dict = {"self": {}, "cross": {}, "n_rows": {}, "n_samples": n_samples, "min_rate": min_rate,
+                    "null": "scored rows" if null is None else "given"}
     for name in modalities:
         for source in ("self", "cross") if len(names) > 1 else ("self",):
             rows, rates = predicted_rates(model, data, name, source, n_samples, batch_size)
             if len(rows):
-                result[source][name] = bits_per_spike(data.data[name][rows], rates, min_rate=min_rate)
+                result[source][name] = bits_per_spike(data.data[name][rows], rates, None if null is None else
+                                                      null[name], min_rate=min_rate)
             if source == "self":
                 result["n_rows"][name] = len(rows)
     for source in ("self", "cross"):
         vals = [v for v in result[source].values() if not math.isnan(v)]
         result[f"mean_{source}"] = sum(vals) / len(vals) if vals else float("nan")
     return result
+
+
+def training_null_rates(train, names: list[str]) -> dict[str, Tensor]:
+    """Each named modality's per-neuron mean count over its observed training rows.  -> {m: [C]} float64"""
+    data = as_eval_data(train)
+    return {m: null_rates(data.data[m][data.avail[:, data.names.index(m)]]) for m in names}

@@ -18,19 +18,21 @@ from torch import Tensor
 
 from ..devices import module_device
 from ..gaussian import log_normal, log_std_normal, rsample
+from ..validation import fill_gaps, gaps
 from .cells import CellSums, summarise
 from .decoding import impute_cells
 from .subset_batches import as_eval_data, conditioning_subsets, gather_rows, subset_batches
 
 
 def row_error(imputed: Tensor, true: Tensor, discrete: bool, event_dims: int) -> Tensor:
-    """Per-row error: mean squared error per dim, or the token mismatch rate for discrete data.  -> [..., B]"""
+    """Per-row error: mean squared error per dim over the entries where `true` is not NaN (a sequence's padding),
+    or the token mismatch rate for discrete data over the tokens that are not padding (-1).  -> [..., B]"""
     dims = tuple(range(-event_dims, 0))
     if discrete:
         wrong = (imputed != true).float()
-        return wrong.mean(dims) if dims else wrong
+        return wrong.masked_fill(true < 0, float("nan")).nanmean(dims) if dims else wrong
     sq = (imputed.float() - true.float()).pow(2)
-    return sq.mean(dims) if dims else sq
+    return sq.nanmean(dims) if dims else sq
 
 
 def _is_discrete(model, name: str) -> bool:
@@ -131,8 +133,11 @@ def importance_pass(model, x: dict[str, Tensor], mask: Tensor, K: int, keep: Ten
     """importance_terms, and the decoded means of the first n_keep draws at the cells keep [B, M] (the imputations
     that `conditional_loglik`'s decodes already hold).  -> (log v [L, B], ll [L, B, M], name -> [n_keep, B_m, *shape]
     for the B_m rows with keep[:, m], or None)"""
-    x = {n: torch.nan_to_num(t) if t.is_floating_point() else t for n, t in x.items()}
-    post, enc = model.posterior(x, mask)
+    post, enc = model.posterior(x, mask)  # gaps (NaN / -1 entries) reach the encoders as gaps
+    holes = {n: gaps(t) for n, t in x.items()}
+    present = {n: ~h if bool(h.any()) else None for n, h in holes.items()}  # [B, *shape]: scored entries, or None
+    x = {n: fill_gaps(t) if t.is_floating_point() or model.modalities[n].likelihood.discrete else
+         fill_gaps(t).float() for n, t in x.items()}  # integer counts are scored as floats
     z = post.sample_component(K)  # [L, B, Ds]
     log_v = model.prior.log_prob(z, enc.experts) - post.log_prob(z)  # [L, B]
     lls, ratios, kept = [], [], {}  # [L, B] per modality
@@ -140,7 +145,7 @@ def importance_pass(model, x: dict[str, Tensor], mask: Tensor, K: int, keep: Ten
         w, log_ratio = _private_code(enc, name, mask[:, j], model.private_dims[name], K)
         params = model.decode(name, z, w)  # [L, B, *out]
         lik = model.modalities[name].likelihood
-        lls.append(lik.log_prob(params, x[name]))  # [L, B]
+        lls.append(lik.log_prob(params, x[name], present=present[name]))  # [L, B]
         ratios.append(torch.zeros_like(log_v) if log_ratio is None else log_ratio)
         rows = None if keep is None or n_keep == 0 else keep[:, j].nonzero().squeeze(1)  # [B_m]
         kept[name] = lik.mean(params[:n_keep, rows]) if rows is not None and rows.numel() else None

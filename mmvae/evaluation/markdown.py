@@ -37,7 +37,9 @@ def render_report(result: dict, history: list[dict] | None = None) -> str:
     md += _coherence(result, plots)
     md += _generation(plots)
     md += _latent(result.get("latent"), plots)
-    md += _imputation(result.get("imputation"))
+    md += _imputation(result.get("imputation"), plots)
+    md += _counts(result.get("counts"))
+    md += _sequences(plots)
     md += _disentanglement(result.get("disentanglement"))
     md.append("## Timings\n")
     md.append(table(["step", "seconds"], [[k, v] for k, v in result.get("timings_s", {}).items()]))
@@ -117,8 +119,9 @@ def _latent(lat: dict | None, plots: dict) -> list[str]:
     return md
 
 
-def _imputation(imp: dict | None) -> list[str]:
-    """Imputation error and spread per subset size, with the conditional log-likelihood when it was computed."""
+def _imputation(imp: dict | None, plots: dict | None = None) -> list[str]:
+    """Imputation error and spread per subset size, with the conditional log-likelihood when it was computed, and
+    for sequence modalities the error per time step."""
     if imp is None:
         return []
     metric = ", ".join(sorted(set(imp.get("error_metric", {}).values()))) or "error"
@@ -139,7 +142,53 @@ def _imputation(imp: dict | None) -> list[str]:
     md.append("<details><summary>Error per (S, m)</summary>\n\n"
               + cell_matrix(imp["matrix"], lambda v: f"{fmt(v.get('error'), 4)} ± {fmt(v.get('spread'), 4)}")
               + "\n</details>\n")
+    return md + _per_step(imp.get("per_step"), plots or {})
+
+
+def _per_step(seq: dict | None, plots: dict) -> list[str]:
+    """The sequence modalities' whole-sequence imputation MSE per subset size and the error-per-step figure."""
+    if not seq:
+        return []
+    md = ["### Imputation error per time step\n",
+          "MSE of imputed sequences over samples and channels, padded (NaN) steps excluded; whole sequence = "
+          "every valid entry pooled.\n"]
+    sizes = sorted({k for per in seq["mse_per_size"].values() for k in per}, key=int)
+    md.append(table(["sequence modality"] + [f"subset size {k}" for k in sizes],
+                    [[m] + [per.get(k) for k in sizes] for m, per in seq["mse_per_size"].items()]))
+    if "step_error" in plots:
+        md.append(f"![imputation error per time step]({plots['step_error']})\n")
     return md
+
+
+def _counts(counts: dict | None) -> list[str]:
+    """Bits per spike of the count modalities, self- and cross-reconstruction; nothing when none has counts."""
+    if counts is None or _skipped(counts):
+        return []
+    md = ["## Count modalities: bits per spike\n",
+          f"(log L(x | predicted rates) - log L(x | null)) / (spikes ln 2), Poisson log-likelihoods, null = "
+          f"{counts.get('null', 'per-neuron mean rates')}; > 0 beats the mean rate. Self: decoded from the "
+          f"modality's own posterior; cross: from the other modalities' subset posterior; rates averaged over "
+          f"{counts.get('n_samples')} draws of z.\n",
+          f"Mean self **{fmt(counts.get('mean_self'))}**, mean cross **{fmt(counts.get('mean_cross'))}**.\n"]
+    names = list(dict.fromkeys([*counts.get("self", {}), *counts.get("cross", {})]))
+    md.append(table(["modality", "self bits/spike", "cross bits/spike", "test trials"],
+                    [[m, counts["self"].get(m), counts.get("cross", {}).get(m), counts.get("n_rows", {}).get(m)]
+                     for m in names]))
+    return md
+
+
+def _sequences(plots: dict) -> list[str]:
+    """The sequence figures: sensor traces, count rasters, latent trajectories."""
+    figures = [("sequence_traces", "Sensor traces", "Real (black) against the mean ± 2 sd of imputations from the "
+                "other modalities, per channel; padded steps are not drawn"),
+               ("count_rasters", "Count rasters", "Real counts against the rates imputed from the other modalities, "
+                "neurons x time bins"),
+               ("latent_trajectories", "Latent trajectories", "Left: the shared posterior mean of each trial (the "
+                "latent is per trial), 2-D PCA, by condition; right: the decoded sequences per time bin, 2-D PCA, "
+                "averaged per condition")]
+    md = [f"### {title}\n\n{text}.\n\n![{title.lower()}]({plots[key]})\n" for key, title, text in figures
+          if key in plots]
+    return ["## Sequences\n"] + md if md else []
 
 
 def _disentanglement(dis: dict | None) -> list[str]:

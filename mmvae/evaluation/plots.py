@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..atomic import replace_file
 from ..devices import module_device
+from .sequences import is_sequence
 from .subset_batches import as_eval_data, gather_rows, subset_key, subsets_by_size
 
 
@@ -41,6 +42,21 @@ def _cell(values: Tensor, lo: float, hi: float) -> np.ndarray:
     return ((v.reshape(v.shape[0], -1) - lo) / max(hi - lo, 1e-8)).clamp(0, 1).numpy()  # [n, d]
 
 
+def _trace_cell(ax, values: Tensor, lo: float, hi: float) -> None:
+    """n sequences [n, T, C] of one modality as lines on one time axis, one after another with a gap: up to 3
+    channels, or their mean over channels when there are more (a count modality's population rate)."""
+    v = values.detach().float().cpu()
+    if v.shape[-1] > 3:
+        v = v.nanmean(-1, keepdim=True)  # [n, T, 1]
+    n, T, C = v.shape
+    gap = torch.full((n, max(1, T // 8), C), float("nan"))
+    line = torch.cat([v, gap], 1).reshape(-1, C).numpy()  # [n (T + gap), C]: NaN breaks the line
+    for c in range(C):
+        ax.plot(line[:, c], lw=0.8, color=f"C{c}")
+    if hi > lo:  # the modality's range in every row, so that rows compare
+        ax.set_ylim(lo, hi)
+
+
 def default_grid_subsets(M: int) -> Tensor:
     """The singletons and, for M > 2, the subsets leaving out one modality.  # [K, M]"""
     by_size = subsets_by_size(M)
@@ -50,7 +66,8 @@ def default_grid_subsets(M: int) -> Tensor:
 @torch.no_grad()
 def generation_grid(model, dataset, path, n_tuples: int = 4, subsets: Tensor | None = None, seed: int = 0) -> Path:
     """Cross-generation: the first row shows the real tuples; each further row conditions on one subset S (its inputs
-    framed in green, real) and shows every other modality generated from it; columns are modalities."""
+    framed in green, real) and shows every other modality generated from it; columns are modalities. Sequences
+    [T, C] are drawn as lines (`_trace_cell`), everything else as pictures."""
     names = list(model.names)
     data = as_eval_data(dataset, names)
     complete = data.avail.all(1).nonzero().squeeze(1)
@@ -73,7 +90,10 @@ def generation_grid(model, dataset, path, n_tuples: int = 4, subsets: Tensor | N
             ax = axes[i, j]
             given = i == 0 or bool(subsets[i - 1, j])
             vals = data.data[m][pick] if given else gen[m][(i - 1) * n:i * n]
-            ax.imshow(_cell(vals, *ranges[m]), cmap="viridis", aspect="auto", interpolation="nearest")
+            if is_sequence(data.data[m].shape[1:]) and data.data[m].is_floating_point():
+                _trace_cell(ax, vals, *ranges[m])
+            else:
+                ax.imshow(_cell(vals, *ranges[m]), cmap="viridis", aspect="auto", interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i > 0 and given:

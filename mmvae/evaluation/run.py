@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..loading import load
 from .classifiers import check_accuracy
 from .coherence import conditional_coherence, joint_coherence
+from .counts import count_bits_per_spike, count_modalities, training_null_rates
 from .disentanglement import latent_disentanglement
 from .imputation import conditional_loglik, imputation_error
 from .imputation_pass import imputation_with_loglik, shares_draws
@@ -36,6 +37,8 @@ from .run_files import (
     read_run_config,
     user_classifiers,
 )
+from .sequence_plots import count_rasters, latent_trajectories, sensor_traces, step_error_plot
+from .sequences import sequence_imputation_error, sequence_modalities
 from .settings import METRICS, EvalSettings
 from .subset_batches import EvalData, as_eval_data
 
@@ -86,10 +89,11 @@ def evaluate_run(run_dir, metrics=METRICS, out=None, device: str = "auto", seed:
     """Evaluate the model in `run_dir` on its dataset's test split; write metrics.json and report.md (with PNGs)
     to `out` (default: the run folder). Returns what metrics.json holds.
 
-    metrics: any of "coherence", "latent", "imputation", "disentanglement" (those that do not apply to the
-    dataset are recorded as skipped). classifiers: your own coherence classifiers {modality: x -> logits}, or a
-    folder of them in the format `save_classifiers` writes (checked against the dataset, scored on its test rows);
-    otherwise they are trained (or reused) in run_dir/classifiers. overrides: any field of EvalSettings.
+    metrics: any of "coherence", "latent", "imputation", "counts", "disentanglement" (those that do not apply to
+    the dataset are recorded as skipped; "counts" needs a modality with a count likelihood). classifiers: your
+    own coherence classifiers {modality: x -> logits}, or a folder of them in the format `save_classifiers` writes
+    (checked against the dataset, scored on its test rows); otherwise they are trained (or reused) in
+    run_dir/classifiers. overrides: any field of EvalSettings.
     """
     start = time.time()
     out = Path(out) if out is not None else Path(run_dir)
@@ -192,14 +196,35 @@ def _imputation(ev: _Evaluation) -> dict:
     sub = as_eval_data(ev.test, list(ev.model.names), n=s.imputation_n_tuples, seed=ev.seed)
     if shares_draws(ev.model, s.imputation_samples, s.loglik_K):
         with ev.timer.step("imputation+conditional_loglik"):
-            return {"imputation": imputation_with_loglik(ev.model, sub, n_samples=s.imputation_samples,
-                                                         K=s.loglik_K, batch_size=s.batch_rows)}
-    with ev.timer.step("imputation"):
-        imp = imputation_error(ev.model, sub, n_samples=s.imputation_samples, batch_size=s.batch_rows)
-    if hasattr(ev.model, "posterior") and hasattr(ev.model, "prior"):
-        with ev.timer.step("conditional_loglik"):
-            imp["conditional_loglik"] = conditional_loglik(ev.model, sub, K=s.loglik_K, batch_size=s.batch_rows)
+            imp = imputation_with_loglik(ev.model, sub, n_samples=s.imputation_samples, K=s.loglik_K,
+                                         batch_size=s.batch_rows)
+    else:
+        with ev.timer.step("imputation"):
+            imp = imputation_error(ev.model, sub, n_samples=s.imputation_samples, batch_size=s.batch_rows)
+        if hasattr(ev.model, "posterior") and hasattr(ev.model, "prior"):
+            with ev.timer.step("conditional_loglik"):
+                imp["conditional_loglik"] = conditional_loglik(ev.model, sub, K=s.loglik_K,
+                                                               batch_size=s.batch_rows)
+    if sequence_modalities(sub) and len(sub.names) > 1:
+        with ev.timer.step("imputation_per_step"):
+            imp["per_step"] = sequence_imputation_error(ev.model, sub, n_samples=s.imputation_samples,
+                                                        batch_size=s.batch_rows)
+        ev.plots["step_error"] = step_error_plot(imp["per_step"], ev.out / "step_error.png").name
     return {"imputation": imp}
+
+
+def _counts(ev: _Evaluation) -> dict:
+    """"counts": bits per spike of each count modality, self and cross, against the training set's per-neuron
+    mean rates; skipped when no modality has a count likelihood."""
+    names = count_modalities(ev.model)
+    if not names:
+        return {"counts": {"skipped": "no modality has a count likelihood"}}
+    with ev.timer.step("counts"):
+        null = training_null_rates(ev.train, names)
+        out = count_bits_per_spike(ev.model, ev.test, names, n_samples=ev.settings.counts_samples,
+                                   batch_size=ev.settings.batch_rows, null=null)
+    out["null"] = "training set per-neuron mean rates"
+    return {"counts": out}
 
 
 def _disentanglement(ev: _Evaluation) -> dict:
@@ -210,12 +235,13 @@ def _disentanglement(ev: _Evaluation) -> dict:
         return {"disentanglement": latent_disentanglement(ev.model, ev.train, ev.test, seed=ev.seed)}
 
 
-SECTIONS = {"coherence": _coherence, "latent": _latent, "imputation": _imputation,
+SECTIONS = {"coherence": _coherence, "latent": _latent, "imputation": _imputation, "counts": _counts,
             "disentanglement": _disentanglement}
 
 
 def _plots(ev: _Evaluation, history: list[dict]) -> None:
-    """The cross-generation grid, the latent map and (with a history) the training curves, into ev.plots."""
+    """The cross-generation grid, the latent map, (with a history) the training curves and, for sequence
+    modalities, the sensor traces, count rasters and latent trajectories, into ev.plots."""
     s = ev.settings
     ev.plots["generation_grid"] = generation_grid(ev.model, ev.test, ev.out / "generation_grid.png",
                                                   n_tuples=s.plot_tuples, seed=ev.seed).name
@@ -223,3 +249,23 @@ def _plots(ev: _Evaluation, history: list[dict]) -> None:
                                         seed=ev.seed).name
     if history:
         ev.plots["training_curves"] = training_curves(history, ev.out / "training_curves.png").name
+    _sequence_plots(ev)
+
+
+def _sequence_plots(ev: _Evaluation) -> None:
+    """Sensor traces (continuous sequences), count rasters (count sequences) and the latent trajectories, for
+    datasets with sequence modalities [T, C] and tuples that observe every modality."""
+    s, seqs = ev.settings, sequence_modalities(ev.test)
+    if not seqs or not bool(ev.test.avail.all(1).any()):
+        return
+    counts = set(count_modalities(ev.model))
+    sensors, rasters = [m for m in seqs if m not in counts], [m for m in seqs if m in counts]
+    if sensors:
+        ev.plots["sequence_traces"] = sensor_traces(ev.model, ev.test, ev.out / "sequence_traces.png", sensors,
+                                                    n_tuples=min(s.plot_tuples, 3), n_draws=s.trace_draws,
+                                                    seed=ev.seed).name
+    if rasters:
+        ev.plots["count_rasters"] = count_rasters(ev.model, ev.test, ev.out / "count_rasters.png", rasters,
+                                                  n_trials=2, n_draws=s.trace_draws, seed=ev.seed).name
+    ev.plots["latent_trajectories"] = latent_trajectories(ev.model, ev.test, ev.out / "latent_trajectories.png",
+                                                          seqs, n=s.map_points, seed=ev.seed).name

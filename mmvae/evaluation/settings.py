@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields, replace
 
 from ..errors import InputError
 
-METRICS = ("coherence", "latent", "imputation", "disentanglement")
+METRICS = ("coherence", "latent", "imputation", "counts", "disentanglement")
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class EvalSettings:
     batch_rows: int | None = None  # rows per model call; None: 200k on CUDA, 2k on CPU
     plot_tuples: int = 4  # tuples in the cross-generation grid
     map_points: int = 1000  # points in the latent map
+    counts_samples: int = 10  # draws of z per trial whose decoded rates are averaged for bits per spike
+    trace_draws: int = 8  # imputations per tuple in the sequence figures (mean +- 2 sd)
 
     @classmethod
     def full(cls) -> EvalSettings:
@@ -34,7 +36,7 @@ class EvalSettings:
     def quick(cls) -> EvalSettings:
         """Fewer samples (`mmvae demo`, `--quick`): a fast look, not numbers to publish."""
         return cls(classifier_epochs=5, joint_samples=500, probe_n_train=2000, imputation_samples=5,
-                   imputation_n_tuples=200, loglik_K=10, map_points=500)
+                   imputation_n_tuples=200, loglik_K=10, map_points=500, counts_samples=5)
 
     def override(self, **changes) -> EvalSettings:
         """A copy with `changes` applied; InputError naming any key that is not a setting."""

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..modality import Modality
+from ..networks import FAMILIES
 from ..model import MultimodalVAE
 
 
@@ -111,10 +112,14 @@ def avg(modalities, shared_dim: int = 16, **overrides) -> MultimodalVAE:
 PRESETS = {f.__name__: f for f in (mvae, mmvae, mopoe, mmvm, mmvm_paper, mmvaeplus, dmvae, independent, avg)}
 
 
-def default_modalities(dataset) -> dict[str, Modality]:
+def default_modalities(dataset, networks: str | dict | None = None) -> dict[str, Modality]:
     """One Modality per dataset modality, with ready-made networks for its shape and its suggested likelihood
     (`dataset.likelihoods`: e.g. "poisson" for spike counts); a categorical gets its number of classes from the
-    data, a negative binomial one dispersion per feature of the last axis (neurons of a [T, neurons] modality)."""
+    data, a negative binomial one dispersion per feature of the last axis (neurons of a [T, neurons] modality).
+    networks: a family for every modality ("auto", "mlp", "conv", "tconv", "transformer") or a dict name ->
+    family (others "auto"); None: the dataset's own hint (`dataset.networks`, if it has one), else "auto"."""
+    networks = getattr(dataset, "networks", None) if networks is None else networks
+    families = parse_networks(networks, list(dataset.modalities))
     mods = {}
     for name in dataset.modalities:
         lik = dataset.likelihoods[name]
@@ -122,18 +127,40 @@ def default_modalities(dataset) -> dict[str, Modality]:
             lik = {"name": "categorical", "num_classes": int(dataset.data[name].max()) + 1}
         elif lik == "negative_binomial":
             lik = {"name": "negative_binomial", "features": int(dataset.shapes[name][-1])}
-        mods[name] = Modality(shape=dataset.shapes[name], likelihood=lik)
+        mods[name] = Modality(shape=dataset.shapes[name], likelihood=lik, networks=families[name])
     return mods
 
 
+def parse_networks(networks: str | dict | None, names: list[str]) -> dict[str, str]:
+    """Each modality's network family from None ("auto"), one family, "m0=tconv,m1=mlp" or a dict name ->
+    family; InputError naming an unknown modality or family."""
+    if networks is None:
+        return dict.fromkeys(names, "auto")
+    if isinstance(networks, str) and "=" not in networks:
+        networks = dict.fromkeys(names, networks)
+    elif isinstance(networks, str):
+        pairs = [p.split("=", 1) for p in networks.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise InputError(f"networks {networks!r}: expected FAMILY or NAME=FAMILY,NAME=FAMILY")
+        networks = {k.strip(): v.strip() for k, v in pairs}
+    unknown = [n for n in networks if n not in names]
+    if unknown:
+        raise InputError(f"networks: unknown modality {unknown[0]!r} (known: {names})")
+    bad = {n: f for n, f in networks.items() if f not in FAMILIES}
+    if bad:
+        name, family = next(iter(bad.items()))
+        raise InputError(f"networks: modality {name!r}: unknown family {family!r}; choose one of {list(FAMILIES)}")
+    return {n: networks.get(n, "auto") for n in names}
+
+
 def build(name: str, dataset, shared_dim: int | None = None, private_dim: int | None = None,
-          **kw) -> MultimodalVAE:
-    """The preset `name` with default networks for `dataset` (its `.shapes` and `.likelihoods`); None keeps the
-    preset's default size."""
+          networks: str | dict | None = None, **kw) -> MultimodalVAE:
+    """The preset `name` with default networks for `dataset` (its `.shapes` and `.likelihoods`; `networks` as in
+    `default_modalities`); None keeps the preset's default size."""
     if name not in PRESETS:
         raise InputError(f"unknown model {name!r}; choose one of {sorted(PRESETS)}")
     sizes = {k: v for k, v in (("shared_dim", shared_dim), ("private_dim", private_dim)) if v is not None}
-    return PRESETS[name](default_modalities(dataset), **sizes, **kw)
+    return PRESETS[name](default_modalities(dataset, networks), **sizes, **kw)
 
 
 @torch.no_grad()

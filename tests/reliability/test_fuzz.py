@@ -240,18 +240,18 @@ def _corrupt(kind, x, avail, specs, draw):
             return None
         v = x[names[i]]
         x[names[i]] = v.float() if i in cat else v.round().long()
-    elif kind == "NaN or Inf observed":
+    elif kind == "Inf observed":
         i = pick(observed(cont))
         if i is None:
             return None
         b = pick(avail[:, i].nonzero().flatten().tolist())
-        x[names[i]][b, 0] = pick([math.nan, math.inf, -math.inf])
+        x[names[i]][b, 0] = pick([math.inf, -math.inf])  # NaN is a gap, not an error
     elif kind == "out of range":
         i = pick(observed(unit + cat))
         if i is None:
             return None
         b = pick(avail[:, i].nonzero().flatten().tolist())
-        x[names[i]][b, -1] = pick([-1, specs[i][2]]) if i in cat else pick([-0.5, 1.5])
+        x[names[i]][b, -1] = pick([-2, specs[i][2]]) if i in cat else pick([-0.5, 1.5])
     elif kind == "mask shape":
         avail = pick([avail[:, :-1], torch.cat([avail, avail[:, :1]], 1), avail[:-1] if B > 1 else avail[:, None],
                       avail[None]])
@@ -271,7 +271,7 @@ def _corrupt(kind, x, avail, specs, draw):
 
 
 KINDS = ["unknown name", "observed but absent", "batch sizes disagree", "trailing shape", "dtype",
-         "NaN or Inf observed", "out of range", "mask shape", "mask values", "sample with nothing observed",
+         "Inf observed", "out of range", "mask shape", "mask values", "sample with nothing observed",
          "empty batch", "not a tensor"]
 
 
