@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .atomic import replace_file
-from .datasets.files import AVAIL_SUFFIX, is_reserved, read_npz
+from .datasets.files import AVAIL_SUFFIX, MASK_SUFFIX, is_reserved, read_npz, with_gaps
 from .errors import InputError
 from .loading import load
 from .validation import MISSING_TOKEN, gaps, observed_rows
@@ -29,7 +29,9 @@ def impute_npz(checkpoint: Path, src: Path, dst: Path, targets: list[str] | None
         raise InputError("--draw writes one draw from the likelihood; it cannot be combined with --n-samples > 1")
     model = load(checkpoint)
     arrays = read_npz(src, model.names)
-    extras = {k: arrays.pop(k) for k in list(arrays) if is_reserved(k)}  # labels, split, <name>__avail
+    masked = {k: with_gaps(src, arrays, k) for k in arrays if not is_reserved(k)}  # <name>__mask applied
+    extras = {k: arrays.pop(k) for k in list(arrays) if is_reserved(k)}  # labels, split, <name>__avail, ...
+    arrays.update(masked)
     present = _present(src, arrays, extras, model.names)  # [N, M]
     empty = np.flatnonzero(~present.any(1))
     holes = {k: gaps(torch.from_numpy(a)).numpy() for k, a in arrays.items()}  # [N, *shape]
@@ -59,7 +61,7 @@ def impute_npz(checkpoint: Path, src: Path, dst: Path, targets: list[str] | None
                 hole = holes[t][obs]
                 out[t][obs] = np.where(hole, value[~missing], out[t][obs])
                 filled_gaps += int(hole.sum())
-    kept = {k: v for k, v in extras.items() if not k.endswith(AVAIL_SUFFIX)}
+    kept = {k: v for k, v in extras.items() if not k.endswith((AVAIL_SUFFIX, MASK_SUFFIX))}  # filled now
     replace_file(dst, lambda f: np.savez(f, **out, **kept))  # to a file object: no ".npz" appended
     return {"imputed": imputed, "filled_gaps": filled_gaps, "empty_rows": empty.tolist(), "targets": targets}
 

@@ -10,24 +10,17 @@ import math
 from torch import Tensor, nn
 
 from .errors import InputError
+from .recorded import Recorded, mlp
+from .sequences import (
+    TemporalConvDecoder,
+    TemporalConvEncoder,
+    TransformerSeqDecoder,
+    TransformerSeqEncoder,
+    sequence_networks,
+)
 
 
-class _Recorded(nn.Module):
-    """Keeps the constructor's arguments as a JSON-able `spec`."""
-
-    def _record(self, **kwargs):
-        self.spec = {"type": type(self).__name__,
-                     **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
-
-
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.SiLU()]
-    return nn.Sequential(*layers[:-1])
-
-
-class MLPEncoder(_Recorded):
+class MLPEncoder(Recorded):
     """x [B, *in_shape] -> [B, out_dim] (flattened; tokens are embedded first when `num_classes` is given)."""
 
     def __init__(self, in_shape, out_dim: int, hidden=(256, 256), num_classes: int | None = None, embed_dim: int = 16):
@@ -37,7 +30,7 @@ class MLPEncoder(_Recorded):
         self.in_shape, self.out_dim = tuple(in_shape), out_dim
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
         n_in = math.prod(self.in_shape) * (embed_dim if num_classes else 1)
-        self.net = _mlp([n_in, *hidden, out_dim])
+        self.net = mlp([n_in, *hidden, out_dim])
 
     def forward(self, x: Tensor) -> Tensor:
         """x [B, *in_shape] (tokens embedded first) -> [B, out_dim]."""
@@ -46,21 +39,21 @@ class MLPEncoder(_Recorded):
         return self.net(x.flatten(1))
 
 
-class MLPDecoder(_Recorded):
+class MLPDecoder(Recorded):
     """z [B, in_dim] -> [B, *out_shape] (with a trailing class dim when `num_classes` is given)."""
 
     def __init__(self, in_dim: int, out_shape, hidden=(256, 256), num_classes: int | None = None):
         super().__init__()
         self._record(in_dim=in_dim, out_shape=tuple(out_shape), hidden=tuple(hidden), num_classes=num_classes)
         self.out_shape = tuple(out_shape) + ((num_classes,) if num_classes else ())
-        self.net = _mlp([in_dim, *hidden, math.prod(self.out_shape)])
+        self.net = mlp([in_dim, *hidden, math.prod(self.out_shape)])
 
     def forward(self, z: Tensor) -> Tensor:
         """z [B, in_dim] -> [B, *out_shape]."""
         return self.net(z).view(-1, *self.out_shape)
 
 
-class ConvEncoder(_Recorded):
+class ConvEncoder(Recorded):
     """Image [B, C, H, W] (H, W divisible by 4) -> [B, out_dim]: two stride-2 convs and a linear head."""
 
     def __init__(self, in_shape, out_dim: int, channels=(32, 64), hidden: int = 256):
@@ -83,7 +76,7 @@ class ConvEncoder(_Recorded):
         return self.net(x)
 
 
-class ConvDecoder(_Recorded):
+class ConvDecoder(Recorded):
     """z [B, in_dim] -> image [B, C, H, W]: a linear stem and two stride-2 transposed convs (sigmoid output)."""
 
     def __init__(self, in_dim: int, out_shape, channels=(64, 32), hidden: int = 256, sigmoid: bool = True):
@@ -109,7 +102,8 @@ class ConvDecoder(_Recorded):
 
 
 #: name -> class of every network a spec can name: ours, and yours after `mmvae.register_network`
-NETWORKS = {c.__name__: c for c in (MLPEncoder, MLPDecoder, ConvEncoder, ConvDecoder)}
+NETWORKS = {c.__name__: c for c in (MLPEncoder, MLPDecoder, ConvEncoder, ConvDecoder, TemporalConvEncoder,
+                                    TemporalConvDecoder, TransformerSeqEncoder, TransformerSeqDecoder)}
 
 
 def build_network(spec: dict) -> nn.Module:
@@ -156,8 +150,6 @@ def default_networks(shape, latent_dim: int, enc_out: int, likelihood: str = "ga
         if not (len(shape) == 2 and num_classes is None or len(shape) == 1 and num_classes is not None):
             raise InputError(f"networks {family!r} need a float [T, C] series or integer [L] tokens, got shape "
                              f"{shape}" + (" (tokens)" if num_classes else ""))
-        from .sequences import sequence_networks
-
         return sequence_networks(shape, latent_dim, enc_out, "conv" if family == "tconv" else "transformer",
                                  num_classes)
     return (MLPEncoder(shape, enc_out, num_classes=num_classes),

@@ -100,7 +100,8 @@ def check_inputs(modalities, names: list[str], x, avail=None) -> tuple[dict[str,
             lik = modalities[name].likelihood
             if getattr(lik, "counts", False) and not (clean[name].is_floating_point() or clean[name].is_complex()
                                                       or clean[name].dtype == torch.bool):
-                clean[name] = clean[name].float()  # integer spike counts: the count likelihoods work on floats
+                t = clean[name]  # integer spike counts: the count likelihoods work on floats, -1 is a gap
+                clean[name] = torch.where(t == MISSING_TOKEN, float("nan"), t.float())
             t = fill_gaps(clean[name])
             lik.check(t if counts[i] == B else t[avail[:, i]], name)
     return clean, avail

@@ -162,7 +162,7 @@ def test_drop_integer_data_and_already_missing():
     assert ds.likelihoods == {"tok": "categorical", "x": "gaussian"}
     d = ds.drop(0.9, seed=0)
     assert d.avail.any(1).all() and not d.avail[:50, 0].any()  # a missing entry never comes back
-    assert (d.data["tok"][~d.avail[:, 0]] == 0).all()
+    assert (d.data["tok"][~d.avail[:, 0]] == -1).all()  # a missing token row is all -1, by the one rule
     assert torch.equal(d.data["tok"][d.avail[:, 0]], tokens[d.avail[:, 0]])
     assert d.avail[:50, 1].all()  # the only available modality of those rows is kept
 

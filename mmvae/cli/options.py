@@ -69,12 +69,12 @@ class Option:
 
 #: the train settings, in the order of `--help` and of `settings` in a run's config.json
 OPTIONS = (
-    Option("dataset", str, "polydigits", "polydigits | toy | polyfashion | polymnist | PATH.npz | FOLDER (your "
-           "own data)"),
+    Option("dataset", str, "polydigits", "polydigits | toy | polyfashion | polymnist | spikes | basicmotions | "
+           "PATH.npz | FOLDER (your own data)"),
     Option("data_root", str, "auto", "polyfashion: folder of the four Fashion-MNIST IDX files (auto: where "
            "Debian's dataset-fashion-mnist installs them); polymnist: the release folder (train/, test/)"),
-    Option("n_train", int, None, "training tuples of polydigits, toy or polyfashion", low=1),
-    Option("n_test", int, None, "test tuples of polydigits, toy or polyfashion", low=1),
+    Option("n_train", int, None, "training tuples of polydigits, toy, polyfashion or spikes", low=1),
+    Option("n_test", int, None, "test tuples of polydigits, toy, polyfashion or spikes", low=1),
     Option("model", str, "mopoe", "preset: mvae | mmvae | mopoe | mmvm | mmvm_paper | mmvaeplus | dmvae | "
            "independent | avg"),
     Option("epochs", int, 5, "passes over the training set (in all: a resumed run counts its epochs)", low=1),

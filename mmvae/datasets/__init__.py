@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..errors import InputError
-from .base import MultimodalDataset
+from .base import MultimodalDataset, missing_rows
+from .basicmotions import BasicMotions, make_basicmotions
 from .files import from_path, load_image_folder, load_npz_dataset, looks_like_path, read_npz
 from .files import resolve as resolve_path
 from .idx import find_fashion_mnist, load_fashion_mnist, read_idx
@@ -54,7 +55,7 @@ def make_polymnist(split: str = "train", seed: int = 0, data_root: str | None = 
 
 #: CLI name -> dataset factory; each is called as factory(split=..., **kw)
 DATASETS = {"polydigits": make_polydigits, "toy": make_toy, "polyfashion": make_polyfashion,
-            "polymnist": make_polymnist, "spikes": make_spikes}
+            "polymnist": make_polymnist, "spikes": make_spikes, "basicmotions": make_basicmotions}
 
 
 def resolve(name: str) -> str:
@@ -74,7 +75,8 @@ def get_dataset(name: str, split: str = "train", **kw) -> MultimodalDataset:
     raise InputError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}, or a path to a .npz file or a folder")
 
 
-__all__ = ["MultimodalDataset", "PolyDigits", "SharedPrivateToy", "SyntheticSpikes", "read_idx", "find_fashion_mnist",
+__all__ = ["MultimodalDataset", "missing_rows", "BasicMotions", "make_basicmotions",
+           "PolyDigits", "SharedPrivateToy", "SyntheticSpikes", "read_idx", "find_fashion_mnist",
            "load_fashion_mnist", "get_dataset", "DATASETS", "from_path", "load_npz_dataset",
            "load_image_folder", "read_npz", "resolve",
            "PolyMNIST", "PolyFashion", "build_polymnist"]

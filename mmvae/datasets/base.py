@@ -2,6 +2,10 @@
 
 A batch is `(x, avail, y)`: `x` a dict of `[B, *shape_m]` tensors, `avail` a BoolTensor `[B, M]` whose column
 order is `.modalities`, `y` labels `[B]` or a dict of factor tensors `{name: [B, k]}`.
+
+The one missing-data rule (`missing_rows`): a row `[i, ...]` of a modality is missing when every entry is absent:
+NaN in a float tensor, `MISSING_TOKEN` (-1) in an integer one, masked in a numpy masked array. A row with only some
+absent entries (a dropped channel, a time gap, token padding) is observed, and its absent entries stay as they are.
 """
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ import copy
 import math
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
+MISSING_TOKEN = -1  # an integer entry that is not observed: padding inside a row, or (a whole row of it) a missing row
 Targets = Tensor | dict
 Batch = tuple  # (dict[str, Tensor], Tensor, Targets)
 
@@ -21,6 +27,26 @@ def _default_likelihood(t: Tensor) -> str:
     if t.dtype == torch.bool:
         return "bernoulli"
     return "gaussian" if t.is_floating_point() else "categorical"
+
+
+def absent_entries(t: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """Entries that hold no observation: NaN (float), -1 (integer) or masked; none in bool data.  # [N, *shape]"""
+    if isinstance(t, Tensor):
+        if t.dtype == torch.bool:
+            return torch.zeros_like(t)
+        return t.isnan() if t.is_floating_point() else t == MISSING_TOKEN
+    a = np.ma.getdata(t)
+    if a.dtype.kind == "b":
+        gone = np.zeros(a.shape, dtype=bool)
+    else:
+        gone = np.isnan(a) if a.dtype.kind in "fc" else a == MISSING_TOKEN
+    return gone | np.ma.getmaskarray(t)
+
+
+def missing_rows(t: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """The one missing-data rule: row i is missing when all of `t[i]` is absent (`absent_entries`).  # [N] bool"""
+    gone = absent_entries(t)
+    return gone.reshape(gone.shape[0], -1).all(1)
 
 
 def _take(targets: Targets, idx) -> Targets:
@@ -35,7 +61,8 @@ class MultimodalDataset:
 
     targets: LongTensor `[N]` of class labels, or a dict of float tensors `{name: [N, k]}` (generative factors);
     None stands for "no labels" and is stored as a LongTensor of -1.
-    Missing entries (`avail[i, m]` False) hold arbitrary values (NaN after `drop`) and must never be read.
+    avail None: derived from the data by the missing-data rule, `avail[:, m] = ~missing_rows(data[name_m])`.
+    Missing entries (`avail[i, m]` False) hold arbitrary values (NaN / 0 after `drop`) and must never be read.
     """
 
     #: names of extra per-sample tensor attributes `[N, ...]` that `subset` must index alongside the data
@@ -53,7 +80,9 @@ class MultimodalDataset:
             if t.shape[0] != n:
                 raise ValueError(f"modality {name!r} has {t.shape[0]} samples, expected {n}")
         m = len(self.modalities)
-        self.avail = torch.ones(n, m, dtype=torch.bool) if avail is None else avail.to(torch.bool)  # [N, M]
+        if avail is None:
+            avail = torch.stack([~missing_rows(t) for t in self.data.values()], 1) if n else torch.ones(0, m)
+        self.avail = torch.as_tensor(avail).to(torch.bool)  # [N, M]
         if tuple(self.avail.shape) != (n, m):
             raise ValueError(f"avail has shape {tuple(self.avail.shape)}, expected ({n}, {m})")
         if targets is None:
@@ -138,7 +167,8 @@ class MultimodalDataset:
         """A copy where each (sample, modality) entry goes missing with probability `rate`, one kept per sample.
 
         Samples that lose every modality get one random originally-available modality back. Dropped entries of
-        float data become NaN (integer data 0) in the copy, so a model that reads them shows it.
+        float data become NaN (integer data -1, bool False) in the copy, so a model that reads them shows it;
+        `avail` (not the values) says what is missing.
         """
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"drop rate must be in [0, 1], got {rate}")
@@ -153,6 +183,6 @@ class MultimodalDataset:
         out.data = {}
         for j, (name, t) in enumerate(self.data.items()):
             t = t.clone()
-            t[~keep[:, j]] = float("nan") if t.is_floating_point() else 0
+            t[~keep[:, j]] = float("nan") if t.is_floating_point() else False if t.dtype == torch.bool else -1
             out.data[name] = t
         return out

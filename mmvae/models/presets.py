@@ -10,8 +10,8 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..modality import Modality
-from ..networks import FAMILIES
 from ..model import MultimodalVAE
+from ..networks import FAMILIES
 
 
 def _make(modalities: dict[str, Modality], defaults: dict, overrides: dict) -> MultimodalVAE:
