@@ -128,6 +128,24 @@ def test_weak_classifier_is_refused_by_name(classifiers5):
     weak["m3"].meta = {"test_accuracy": 0.4}
     with pytest.raises(InputError, match=r"'m3'.*0\.400.*threshold 0\.900"):
         check_accuracy(weak, 0.9)
+    test = separable(50, seed=5)
+    for score in (lambda: conditional_coherence(PerfectStub(test.modalities), test, weak),
+                  lambda: joint_coherence(PerfectStub(test.modalities), weak, n=10)):
+        with pytest.raises(InputError, match=r"'m3'.*0\.400.*threshold 0\.800"):  # the Python API checks too
+            score()
+    assert conditional_coherence(PerfectStub(test.modalities), test, weak, min_accuracy=None)["mean"] < 1.0
+
+
+def test_joint_coherence_reports_how_much_one_class_takes(classifiers5, data5):
+    test = data5[1]
+    stub = PerfectStub(test.modalities)
+    stub.real = test.data
+    spread = joint_coherence(stub, classifiers5, n=400, seed=0)
+    assert spread["joint"] == 1.0 and spread["top_class_share"] < 1.5 / C  # samples spread over the classes
+    one = test.labels == 0
+    stub.sample = lambda n: {m: test.data[m][one][:1].expand(n, -1) for m in test.modalities}
+    stuck = joint_coherence(stub, classifiers5, n=400)
+    assert stuck["joint"] == 1.0 and stuck["top_class_share"] == 1.0  # all agree, because all are one class
 
 
 def test_classifiers_round_trip_with_weights_only(tmp_path, classifiers5):

@@ -82,8 +82,11 @@ def _coherence(result: dict, plots: dict) -> list[str]:
     if _skipped(coh):
         md.append(f"**Not scored:** {_skipped(coh)}\n")
         return md
+    top = coh.get("top_class_share")
     md.append(f"Mean over all (S, m): **{fmt(coh['mean'])}**; joint coherence **{fmt(coh.get('joint'))}** "
-              f"({coh.get('n')} samples); chance {fmt(coh.get('chance'))}.\n")
+              f"({coh.get('n')} samples"
+              + (f"; the most frequent class takes {fmt(top)} of them" if top is not None else "")
+              + f"); chance {fmt(coh.get('chance'))}.\n")
     md.append(table(["subset size"] + list(coh["per_size"]), [["coherence"] + list(coh["per_size"].values())]))
     if "coherence" in plots:
         md.append(f"![coherence versus number of conditioning modalities]({plots['coherence']})\n")

@@ -170,9 +170,9 @@ def _coherence(ev: _Evaluation) -> dict:
         return section
     with ev.timer.step("coherence"):
         coh = conditional_coherence(ev.model, ev.test, classifiers, batch_size=s.batch_rows,
-                                    n_samples=s.coherence_samples)
+                                    n_samples=s.coherence_samples, min_accuracy=None)  # checked above
     with ev.timer.step("joint_coherence"):
-        coh.update(joint_coherence(ev.model, classifiers, s.joint_samples))
+        coh.update(joint_coherence(ev.model, classifiers, s.joint_samples, min_accuracy=None))
     coh["chance"] = 1.0 / (ev.test.num_classes or int(ev.test.labels.max()) + 1)
     section["coherence"] = coh
     ev.plots["coherence"] = str(coherence_plot({ev.run_dir.name: coh["per_size"]}, ev.out / "coherence.png",

@@ -124,13 +124,15 @@ def latent_trajectories(model, dataset, path, modalities: list[str], n: int = 50
     flat = seq.reshape(-1, seq.shape[-1])  # [N T, sum C]
     traj = _pca2(flat, flat).view(len(data), T, 2)  # [N, T, 2]
     labels = data.labels if data.labels is not None else torch.zeros(len(data), dtype=torch.long)
+    classes = getattr(dataset, "classes", None)  # class names, where the dataset has them (BasicMotions)
     fig = Figure(figsize=(8.5, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     p = _pca2(z, z)  # [N, 2]
     for c in labels.unique().tolist():
         sel = labels == c
         colour = f"C{int(c) % 10}"
-        ax1.scatter(p[sel, 0], p[sel, 1], s=5, alpha=0.7, color=colour, label=str(int(c)))
+        name = classes[int(c)] if classes is not None and 0 <= int(c) < len(classes) else str(int(c))
+        ax1.scatter(p[sel, 0], p[sel, 1], s=5, alpha=0.7, color=colour, label=name)
         mean = traj[sel].mean(0)  # [T, 2]
         ax2.plot(mean[:, 0], mean[:, 1], color=colour, lw=1.5, marker=".", ms=3)
         ax2.plot(mean[:1, 0], mean[:1, 1], color=colour, marker="o", ms=6)
