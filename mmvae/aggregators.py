@@ -2,16 +2,18 @@
 
 PoE, MoE, MoPoE, AVG and "none" differ only in their subset mask `[K, M]` and their fusion rule; every subset of
 every sample is built at once by one einsum over `[K, B, M] x [M, B, D]`. Per-sample availability `[B, M]`
-restricts each subset to what was observed.
+restricts each subset to what was observed. The learned fusions ("gated", "lowrank") are `nn.Module`s over the
+same masks; their networks live in `fusion.py`.
 """
 from __future__ import annotations
 
 import itertools
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import InputError
+from .fusion import GateNet, LowRankFusion, gate_weights, gated_poe
 from .gaussian import Experts, SubsetPosterior, poe_kl_std_normal
 from .registry import from_spec
 
@@ -23,6 +25,19 @@ def all_subsets(M: int) -> Tensor:
     for i, c in enumerate(rows):
         mask[i, list(c)] = True
     return mask
+
+
+SUBSET_KINDS = ("joint", "joint+unimodal", "all")
+
+
+def subset_mask(kind: str, M: int) -> Tensor:
+    """The joint subset; with it each single modality ("joint+unimodal"), or every subset ("all").  # [K, M] bool"""
+    joint = torch.ones(1, M, dtype=torch.bool)
+    if kind == "joint":
+        return joint
+    if kind == "joint+unimodal":
+        return torch.cat([joint, torch.eye(M, dtype=torch.bool)]) if M > 1 else joint
+    return all_subsets(M)
 
 
 def subset_names(subsets: Tensor, names: list[str]) -> list[tuple[str, ...]]:
@@ -53,6 +68,11 @@ class Aggregator:
     def fuse(self, w: Tensor, experts: Experts) -> tuple[Tensor, Tensor]:
         """Combine the experts selected by w [K, B, M] into (mu, logvar) [K, B, D]."""
         raise NotImplementedError
+
+    def build(self, M: int, D: int) -> Aggregator:
+        """Create the parameters for M modalities and a shared latent of size D (MultimodalVAE calls it), and return
+        self; the fixed rules have none."""
+        return self
 
     def mask(self, M: int, device=None) -> Tensor:
         """`subsets(M)`, built once per (M, device) and cached.  # [K, M] bool"""
@@ -146,7 +166,7 @@ class PoE(Aggregator):
     name = "poe"
 
     def __init__(self, prior_expert: bool = True, subsets: str = "joint"):
-        if subsets not in ("joint", "joint+unimodal", "all"):
+        if subsets not in SUBSET_KINDS:
             raise InputError(f"PoE subsets must be 'joint', 'joint+unimodal' or 'all', got {subsets!r}")
         self.prior_expert, self.subsets_kind = prior_expert, subsets
         self.restrict = "contain" if subsets == "all" else "intersect"
@@ -155,12 +175,7 @@ class PoE(Aggregator):
 
     def subsets(self, M):
         """The joint subset; with it each single modality (joint+unimodal), or every subset (all).  # [K, M]"""
-        joint = torch.ones(1, M, dtype=torch.bool)
-        if self.subsets_kind == "joint":
-            return joint
-        if self.subsets_kind == "joint+unimodal":
-            return torch.cat([joint, torch.eye(M, dtype=torch.bool)]) if M > 1 else joint
-        return all_subsets(M)
+        return subset_mask(self.subsets_kind, M)
 
     def fuse(self, w, experts):
         """Product of the selected experts (with the N(0, I) expert if prior_expert)."""
@@ -242,7 +257,113 @@ class AVG(Aggregator):
         return mu, torch.log(var.clamp_min(1e-12))
 
 
-AGGREGATORS = {c.name: c for c in (PoE, MoE, MoPoE, AVG, NoAggregation)}
+class Learned(Aggregator, nn.Module):
+    """An aggregator with parameters, over PoE's `subsets` masks: "joint" (one fused posterior), "joint+unimodal"
+    (a sum of ELBOs, MVAE-style) or "all" (a mixture over every subset of the observed set, one drawn per sample as
+    MoPoE does). `build(M, D)` creates the network; unobserved experts enter it as zeros and are masked out."""
+
+    forward = Aggregator.__call__
+
+    def __init__(self, subsets: str = "joint"):
+        nn.Module.__init__(self)
+        if subsets not in SUBSET_KINDS:
+            raise InputError(f"{self.name} subsets must be 'joint', 'joint+unimodal' or 'all', got {subsets!r}")
+        self.subsets_kind, self.size, self.net = subsets, None, None
+        self.restrict = "contain" if subsets == "all" else "intersect"
+        self.stratify = subsets != "all"
+        if subsets == "joint+unimodal":
+            self.combine, self.reconstruct = "sum", "members"
+
+    def network(self, M: int, D: int) -> nn.Module:
+        """The fusion network for M modalities and a latent of size D."""
+        raise NotImplementedError
+
+    def build(self, M, D):
+        """Create the network once and return self; again with the same (M, D) a no-op, with others an InputError."""
+        if self.size is not None and self.size != (M, D):
+            raise InputError(f"aggregator {self.name!r} was built for (M, D) = {self.size}, not {(M, D)}")
+        if self.size is None:
+            self.size, self.net = (M, D), self.network(M, D)
+        return self
+
+    def subsets(self, M):
+        """PoE's subsets of this kind.  # [K, M] bool"""
+        return subset_mask(self.subsets_kind, M)
+
+    def observed(self, experts: Experts) -> tuple[Tensor, Tensor]:
+        """The experts' (mu, logvar) with unobserved ones set to 0 (whatever they held), after checking the size."""
+        M, _, D = experts.mu.shape
+        if self.size != (M, D):
+            raise InputError(f"aggregator {self.name!r} is built for (M, D) = {self.size}, got experts of {(M, D)}; "
+                             f"call build(M, D) first (MultimodalVAE does)")
+        a = experts.avail.T[..., None]  # [M, B, 1]
+        return torch.where(a, experts.mu, 0.0), torch.where(a, experts.logvar, 0.0)
+
+    def extra_repr(self):
+        """The spec, in the module's repr."""
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+
+
+class Gated(Learned):
+    """Product of experts whose precisions are scaled by learned, input-dependent gates a_m = net_m(mu_m, logvar_m):
+    a softmax over the subset's experts times |S| (gate="softmax") or 2 sigmoid (gate="sigmoid"), so equal gates
+    give exactly PoE (gating as in Arevalo et al., ICLR 2017 workshop, applied to precisions). One gate network per
+    modality."""
+
+    name = "gated"
+
+    def __init__(self, gate: str = "softmax", prior_expert: bool = True, subsets: str = "joint", hidden: int = 32):
+        if gate not in ("softmax", "sigmoid"):
+            raise InputError(f"gated gate must be 'softmax' or 'sigmoid', got {gate!r}")
+        super().__init__(subsets)
+        self.gate, self.prior_expert, self.hidden = gate, bool(prior_expert), int(hidden)
+
+    def network(self, M, D):
+        """Gate logits [M, B, D] of every expert."""
+        return GateNet(M, D, self.hidden)
+
+    def fuse(self, w, experts):
+        """The gated product of the selected experts (with the N(0, I) expert if prior_expert)."""
+        mu, lv = self.observed(experts)
+        return gated_poe(w, mu, lv, self.net(mu, lv), self.gate, self.prior_expert)
+
+    def gates(self, experts: Experts) -> Tensor:
+        """The gates of every subset's members, 0 outside them (inspection; `fuse` never builds it).  # [K, B, M, D]"""
+        mu, lv = self.observed(experts)
+        return gate_weights(self(experts).members, self.net(mu, lv), self.gate)
+
+    def config(self):
+        """The spec that rebuilds this aggregator (`make_aggregator(config())`)."""
+        return {"name": self.name, "gate": self.gate, "prior_expert": self.prior_expert,
+                "subsets": self.subsets_kind, "hidden": self.hidden}
+
+
+class LowRank(Learned):
+    """Low-rank multimodal fusion of the experts' (mu, logvar) into each subset's posterior (Liu et al., ACL 2018):
+    rank-r modality-specific factors, a modality outside the subset contributes its constant only."""
+
+    name = "lowrank"
+
+    def __init__(self, rank: int = 4, subsets: str = "joint", hidden: int = 32):
+        if int(rank) < 1 or int(hidden) < 1:
+            raise InputError(f"lowrank rank and hidden must be >= 1, got {rank!r}, {hidden!r}")
+        super().__init__(subsets)
+        self.rank, self.hidden = int(rank), int(hidden)
+
+    def network(self, M, D):
+        """The factors [M, r, 2D + 1, H] and the heads to (mu, logvar)."""
+        return LowRankFusion(M, D, self.rank, self.hidden)
+
+    def fuse(self, w, experts):
+        """Each subset's fused (mu, logvar) from its members only."""
+        return self.net(w, *self.observed(experts))
+
+    def config(self):
+        """The spec that rebuilds this aggregator (`make_aggregator(config())`)."""
+        return {"name": self.name, "rank": self.rank, "subsets": self.subsets_kind, "hidden": self.hidden}
+
+
+AGGREGATORS = {c.name: c for c in (PoE, MoE, MoPoE, AVG, NoAggregation, Gated, LowRank)}
 
 
 def make_aggregator(spec: str | dict | Aggregator) -> Aggregator:

@@ -15,7 +15,7 @@ from .devices import module_device
 from .errors import InputError
 from .gaussian import Experts, SubsetPosterior, rsample, soft_clamp_logvar
 from .modality import Modality
-from .objectives import ModelOutput, Objective, PrivateDraw, Reconstruction, make_objective
+from .objectives import ModelOutput, Objective, PrivateDraw, Reconstruction, make_objective, make_regularisers
 from .priors import make_prior
 from .validation import check_count, check_inputs, check_targets, fill_gaps, gaps
 
@@ -54,13 +54,13 @@ class MultimodalVAE(nn.Module):
     cross_private: where a decoder gets w_m when x_m is not in the conditioning subset: "prior" (MMVAE+: a draw
     from the private prior, with a learned scale when learn_private_prior) or "posterior" (DMVAE: its own
     encoding of x_m, when observed). beta: a shortcut that sets the objective's KL weight (None keeps the
-    objective's own, 1 by default).
+    objective's own, 1 by default). regularisers: name -> weight, terms added to the loss (objectives.regularisers).
     """
 
     def __init__(self, modalities: dict[str, Modality], shared_dim: int, private_dim: int | dict = 0,
                  aggregator: str | dict | Aggregator = "mopoe", prior="normal", beta: float | None = None,
                  objective: str | dict | Objective | None = None, cross_private: str = "prior",
-                 learn_private_prior: bool = False):
+                 learn_private_prior: bool = False, regularisers: dict | None = None):
         super().__init__()
         if not modalities:
             raise InputError("a MultimodalVAE needs at least one modality")
@@ -71,9 +71,9 @@ class MultimodalVAE(nn.Module):
         for name, mod in modalities.items():
             mod.build(name, self.shared_dim + self.private_dims[name])
         self.modalities = nn.ModuleDict(modalities)
-        self.aggregator = make_aggregator(aggregator)
+        self.aggregator = make_aggregator(aggregator).build(len(self.names), self.shared_dim)  # learned: parameters
         self.prior = make_prior(prior)  # an nn.Module prior registers its parameters here
-        self.objective = make_objective(objective)
+        self.objective, self.regularisers = make_objective(objective), make_regularisers(regularisers)
         if beta is not None:
             self.objective.beta = float(beta)
         self.cross_private, self.learn_private_prior = cross_private, learn_private_prior
@@ -196,9 +196,9 @@ class MultimodalVAE(nn.Module):
         return Reconstruction(out, private)
 
     def forward(self, x: dict[str, Tensor], avail: Tensor | None = None) -> ModelOutput:
-        """The training loss of one batch (the negative objective, averaged over samples) and its terms."""
+        """The loss of one batch (the negative objective averaged over samples, plus the regularisers), its terms."""
         x, avail = self.check(x, avail)
-        return self.objective(self, x, avail)
+        return self.regularisers(self.objective(self, x, avail), self, x, avail)
 
     @torch.no_grad()
     def impute(self, observed: dict[str, Tensor], targets: list[str] | None = None, n_samples: int = 1,
@@ -257,7 +257,7 @@ class MultimodalVAE(nn.Module):
             "shared_dim": self.shared_dim, "private_dim": self.private_dims,
             "aggregator": self.aggregator.config(), "prior": self.prior.config(),
             "objective": self.objective.config(), "cross_private": self.cross_private,
-            "learn_private_prior": self.learn_private_prior,
+            "learn_private_prior": self.learn_private_prior, "regularisers": self.regularisers.config(),
         }
 
     @classmethod

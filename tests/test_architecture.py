@@ -100,7 +100,7 @@ def test_the_package_has_no_import_cycle():
 LAYERS = [
     {"errors", "version", "atomic", "devices", "registry", "gaussian", "recorded", "networks", "sequences",
      "validation", "datasets"},
-    {"likelihoods", "modality", "aggregators", "priors", "checkpoint", "distributed"},
+    {"likelihoods", "modality", "aggregators", "fusion", "priors", "checkpoint", "distributed"},
     {"objectives", "progress", "runfolder"},
     {"model", "trainer"},
     {"models", "loading"},

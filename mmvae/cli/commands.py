@@ -49,6 +49,22 @@ def dataset_options(cfg: dict) -> dict:
     return kw
 
 
+def parse_weights(text: str, key: str) -> dict[str, float]:
+    """"a=1,b=0.5" -> {"a": 1.0, "b": 0.5}; InputError naming `key` otherwise."""
+    from ..errors import InputError
+
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise InputError(f"option {key!r}: expected NAME=WEIGHT,NAME=WEIGHT, got {text!r}")
+    return out
+
+
 def claim_run_folder(out: Path, resume: Path | None, overwrite: bool, clear: bool = True) -> None:
     """Refuse to replace a trained run in `out` unless `overwrite` (then, with `clear`, remove its files: the
     caller holds the folder's lock) or `resume`."""
@@ -106,7 +122,9 @@ def _prepare(cfg: dict, out: Path, resume: Path | None, quiet: bool) -> tuple:
     if cfg["drop_rate"]:
         train_set = train_set.drop(cfg["drop_rate"], seed=cfg["seed"])
     val_set = get_dataset(cfg["dataset"], "test", **ds_kw)
-    overrides = {k: cfg[k] for k in ("shared_dim", "private_dim", "beta") if cfg[k] is not None}
+    overrides = {k: cfg[k] for k in ("shared_dim", "private_dim", "beta", "aggregator") if cfg[k] is not None}
+    if cfg["regularisers"]:
+        overrides["regularisers"] = parse_weights(cfg["regularisers"], "regularisers")
     torch.manual_seed(cfg["seed"])  # the initial weights follow the seed too
     model = build(cfg["model"], train_set, networks=cfg["networks"], **overrides)
     trainer = Trainer(model, max_epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
@@ -142,7 +160,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     """`mmvae evaluate RUN`."""
     p.add_argument("run", type=Path, help="run folder to evaluate")
     p.add_argument("--metrics", metavar="LIST",
-                   help="comma list of coherence,latent,imputation,counts,disentanglement (default: all)")
+                   help="comma list of coherence,latent,alignment,imputation,counts,disentanglement (default: all)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for report.md and metrics.json (default: the run folder)")
     p.add_argument("--device", default="auto", help=f"{BY_NAME['device'].help} (default: %(default)s)")

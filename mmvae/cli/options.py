@@ -85,6 +85,10 @@ OPTIONS = (
     Option("shared_dim", int, None, "size of the shared latent", low=1),
     Option("private_dim", int, None, "size of each modality's private latent, 0 for none", low=0),
     Option("beta", float, None, "weight of the KL term", low=0.0),
+    Option("aggregator", str, None, "replace the preset's aggregator: poe | mopoe | moe | avg | none | gated | "
+           "lowrank"),
+    Option("regularisers", str, None, "latent-structure terms added to the loss, NAME=WEIGHT,...: separation, "
+           "contrastive, geometry (e.g. contrastive=0.1)"),
     Option("drop_rate", float, 0.0, "chance that each training (sample, modality) goes missing", low=0.0, high=1),
     Option("seed", int, 0, "seeds the data, the dropped entries, the initial weights and the training order"),
     Option("device", str, "auto", "auto | cpu | cuda | cuda:N", check=check_device),

@@ -37,6 +37,7 @@ def render_report(result: dict, history: list[dict] | None = None) -> str:
     md += _coherence(result, plots)
     md += _generation(plots)
     md += _latent(result.get("latent"), plots)
+    md += _alignment(result.get("alignment"), plots)
     md += _imputation(result.get("imputation"), plots)
     md += _counts(result.get("counts"))
     md += _sequences(plots)
@@ -119,6 +120,43 @@ def _latent(lat: dict | None, plots: dict) -> list[str]:
             md.append(table(["private latent of", "accuracy"], [[k, v] for k, v in lat["private"].items()]))
     if "latent_map" in plots:
         md.append(f"![latent map]({plots['latent_map']})\n")
+    return md
+
+
+def _alignment(al: dict | None, plots: dict, top: int = 8) -> list[str]:
+    """Modality gap, retrieval recall@k and canonical correlations per modality pair, and their figure."""
+    if al is None:
+        return []
+    md = ["## Cross-modal alignment\n"]
+    if _skipped(al):
+        return md + [f"Skipped: {_skipped(al)}\n"]
+    rec, cca = al["retrieval"], al["cca"]
+    ks = list(rec["mean"])
+    md.append(f"From the unimodal shared posterior means (the mean of q(z | x_m), each modality alone) of the "
+              f"{al['n_test']} test tuples; each pair on the tuples observing both. Mean modality gap "
+              f"**{fmt(al['modality_gap_mean'])}**, mean "
+              + ", ".join(f"{k} **{fmt(rec['mean'][k])}** (chance {fmt(rec['mean_chance'][k])})" for k in ks)
+              + f", mean canonical correlation **{fmt(cca['mean_all'])}**.\n")
+    md.append("Modality gap (Liang et al., 2022): the distance between the centroids of the two modalities' "
+              "L2-normalised embeddings; 0 when they coincide, at most 2.\n")
+    md.append(table(["pair", "modality gap"], [[p, v] for p, v in al["modality_gap"].items()]))
+    md.append("Retrieval: the query's embedding in m ranks the embeddings in m' of all N tuples by cosine "
+              "similarity; a hit when the same tuple is in the top k (ties in random order); chance k / N.\n")
+    md.append(table(["query -> gallery"] + ks + [f"chance {k}" for k in ks] + ["N"],
+                    [[p] + [rec[k][p] for k in ks] + [rec["chance"][k][p] for k in ks] + [rec["n"][p]]
+                     for p in rec[ks[0]]]))
+    if cca["correlations"]:
+        n = max(len(c) for c in cca["correlations"].values())
+        shown = min(n, top)
+        md.append(f"Canonical correlations: CCA directions (ridge {cca['ridge']:g} x mean variance) fit on the "
+                  f"{cca['fit']}, correlations of the projections on the {cca['scored']}; the top {shown} of "
+                  f"{n} and the mean of all.\n")
+        md.append(table(["pair"] + [f"rho_{j + 1}" for j in range(shown)] + ["mean", "train / test tuples"],
+                        [[p] + [c[j] if j < len(c) else "" for j in range(shown)]
+                         + [cca["mean"][p], f"{cca['n'][p]['train']} / {cca['n'][p]['test']}"]
+                         for p, c in cca["correlations"].items()]))
+    if "alignment" in plots:
+        md.append(f"![recall@1 per ordered pair and the modality gap per pair]({plots['alignment']})\n")
     return md
 
 

@@ -200,3 +200,32 @@ def training_curves(records: list[dict], path, max_terms: int = 10) -> Path:
             ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def alignment_plot(alignment: dict, names: list[str], path) -> Path:
+    """Left: recall@1 of cross-modal retrieval, queries (rows) against galleries (columns), chance in the title;
+    right: the modality gap of each pair (0: the normalised centroids coincide, at most 2)."""
+    M, rec = len(names), alignment["retrieval"]
+    r1 = np.full((M, M), np.nan)  # [M, M]: the diagonal stays blank
+    for key, v in rec["recall@1"].items():
+        q, g = key.split("->")
+        r1[names.index(q), names.index(g)] = v
+    gaps = alignment["modality_gap"]
+    fig = Figure(figsize=(4.0 + 0.9 * M + 0.5 * len(gaps), 3.6), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=[M + 1, max(len(gaps), 2)])
+    im = ax1.imshow(r1, vmin=0, vmax=1, cmap="viridis")
+    for q, g in zip(*np.nonzero(~np.isnan(r1))):
+        ax1.text(g, q, f"{r1[q, g]:.3f}", ha="center", va="center", fontsize=7,
+                 color="white" if r1[q, g] < 0.6 else "black")
+    ax1.set_xticks(range(M), names, rotation=45, ha="right", fontsize=8)
+    ax1.set_yticks(range(M), names, fontsize=8)
+    ax1.set_xlabel("gallery m'")
+    ax1.set_ylabel("query m")
+    ax1.set_title(f"recall@1 (mean chance {rec['mean_chance']['recall@1']:.3f})", fontsize=9)
+    fig.colorbar(im, ax=ax1, shrink=0.8)
+    ax2.bar(range(len(gaps)), list(gaps.values()), color="tab:orange")
+    ax2.set_xticks(range(len(gaps)), list(gaps), rotation=45, ha="right", fontsize=8)
+    ax2.set_ylabel("||centroid_m - centroid_m'||")
+    ax2.set_title("modality gap (L2-normalised means)", fontsize=9)
+    ax2.grid(alpha=0.3, axis="y")
+    return _save(fig, path)

@@ -19,6 +19,7 @@ from ..datasets.polymnist import cache_dir
 from ..devices import resolve_device
 from ..errors import InputError
 from ..loading import load
+from .alignment import latent_alignment
 from .classifiers import check_accuracy
 from .coherence import conditional_coherence, joint_coherence
 from .counts import count_bits_per_spike, count_modalities, training_null_rates
@@ -26,7 +27,7 @@ from .disentanglement import latent_disentanglement
 from .imputation import conditional_loglik, imputation_error
 from .imputation_pass import imputation_with_loglik, shares_draws
 from .markdown import render_report
-from .plots import coherence_plot, generation_grid, latent_map, training_curves
+from .plots import alignment_plot, coherence_plot, generation_grid, latent_map, training_curves
 from .probe import latent_classification
 from .run_files import (
     CLASSIFIER_DIR,
@@ -89,11 +90,11 @@ def evaluate_run(run_dir, metrics=METRICS, out=None, device: str = "auto", seed:
     """Evaluate the model in `run_dir` on its dataset's test split; write metrics.json and report.md (with PNGs)
     to `out` (default: the run folder). Returns what metrics.json holds.
 
-    metrics: any of "coherence", "latent", "imputation", "counts", "disentanglement" (those that do not apply to
-    the dataset are recorded as skipped; "counts" needs a modality with a count likelihood). classifiers: your
-    own coherence classifiers {modality: x -> logits}, or a folder of them in the format `save_classifiers` writes
-    (checked against the dataset, scored on its test rows); otherwise they are trained (or reused) in
-    run_dir/classifiers. overrides: any field of EvalSettings.
+    metrics: any of "coherence", "latent", "alignment", "imputation", "counts", "disentanglement" (those that do
+    not apply to the dataset are recorded as skipped; "counts" needs a modality with a count likelihood,
+    "alignment" two modalities). classifiers: your own coherence classifiers {modality: x -> logits}, or a folder
+    of them in the format `save_classifiers` writes (checked against the dataset, scored on its test rows);
+    otherwise they are trained (or reused) in run_dir/classifiers. overrides: any field of EvalSettings.
     """
     start = time.time()
     out = Path(out) if out is not None else Path(run_dir)
@@ -189,6 +190,17 @@ def _latent(ev: _Evaluation) -> dict:
                                                 seed=ev.seed, batch_size=ev.settings.batch_rows)}
 
 
+def _alignment(ev: _Evaluation) -> dict:
+    """"alignment": modality gap, cross-modal retrieval and canonical correlations of the unimodal shared
+    posterior means, per modality pair (CCA fit on training tuples, everything scored on the test split)."""
+    with ev.timer.step("alignment"):
+        out = latent_alignment(ev.model, ev.train, ev.test, n_train=ev.settings.alignment_n_train, seed=ev.seed,
+                               batch_size=ev.settings.batch_rows)
+    if out.get("modality_gap"):
+        ev.plots["alignment"] = alignment_plot(out, list(ev.model.names), ev.out / "alignment.png").name
+    return {"alignment": out}
+
+
 def _imputation(ev: _Evaluation) -> dict:
     """"imputation": errors on imputation_n_tuples test tuples, and log p(x_m | x_S) for models with a posterior;
     both from one importance pass when the imputations can be the first of its draws (`shares_draws`)."""
@@ -235,8 +247,8 @@ def _disentanglement(ev: _Evaluation) -> dict:
         return {"disentanglement": latent_disentanglement(ev.model, ev.train, ev.test, seed=ev.seed)}
 
 
-SECTIONS = {"coherence": _coherence, "latent": _latent, "imputation": _imputation, "counts": _counts,
-            "disentanglement": _disentanglement}
+SECTIONS = {"coherence": _coherence, "latent": _latent, "alignment": _alignment, "imputation": _imputation,
+            "counts": _counts, "disentanglement": _disentanglement}
 
 
 def _plots(ev: _Evaluation, history: list[dict]) -> None:

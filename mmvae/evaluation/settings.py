@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields, replace
 
 from ..errors import InputError
 
-METRICS = ("coherence", "latent", "imputation", "counts", "disentanglement")
+METRICS = ("coherence", "latent", "alignment", "imputation", "counts", "disentanglement")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class EvalSettings:
     map_points: int = 1000  # points in the latent map
     counts_samples: int = 10  # draws of z per trial whose decoded rates are averaged for bits per spike
     trace_draws: int = 8  # imputations per tuple in the sequence figures (mean +- 2 sd)
+    alignment_n_train: int = 10_000  # training tuples the CCA directions of the alignment metrics are fit on
 
     @classmethod
     def full(cls) -> EvalSettings:
@@ -36,7 +37,7 @@ class EvalSettings:
     def quick(cls) -> EvalSettings:
         """Fewer samples (`mmvae demo`, `--quick`): a fast look, not numbers to publish."""
         return cls(classifier_epochs=5, joint_samples=500, probe_n_train=2000, imputation_samples=5,
-                   imputation_n_tuples=200, loglik_K=10, map_points=500, counts_samples=5)
+                   imputation_n_tuples=200, loglik_K=10, map_points=500, counts_samples=5, alignment_n_train=2000)
 
     def override(self, **changes) -> EvalSettings:
         """A copy with `changes` applied; InputError naming any key that is not a setting."""

@@ -3,6 +3,7 @@
 `base.SubsetObjective` owns what every subset objective does first (encode, aggregate, draw subsets and samples,
 score every modality); each estimator is a small subclass that only weights those scores:
 `ELBO` (the published mixture and sum ELBOs as settings), `IWAE` and `DReG` (importance-weighted bounds).
+`regularisers` adds weighted terms of the batch's posterior means (separation, contrastive, geometry) to any of them.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ..registry import from_spec
 from .base import Draws, ModelOutput, Objective, PrivateDraw, Reconstruction, Settings, SubsetObjective
 from .elbo import ELBO
 from .iwae import IWAE, DReG, LogWeights
+from .regularisers import REGULARISERS, Regulariser, Regularisers, make_regularisers
 
 OBJECTIVES: dict[str, type] = {"elbo": ELBO, "iwae": IWAE, "dreg": DReG}
 
@@ -20,4 +22,5 @@ def make_objective(spec) -> Objective:
 
 
 __all__ = ["OBJECTIVES", "make_objective", "Objective", "SubsetObjective", "Settings", "Draws", "ModelOutput",
-           "Reconstruction", "PrivateDraw", "ELBO", "IWAE", "DReG", "LogWeights"]
+           "Reconstruction", "PrivateDraw", "ELBO", "IWAE", "DReG", "LogWeights",
+           "REGULARISERS", "Regulariser", "Regularisers", "make_regularisers"]

@@ -16,10 +16,15 @@ from ..gaussian import SubsetPosterior, kl_std_normal, rsample, sample_index
 
 @dataclass
 class ModelOutput:
-    """What a model's forward returns: the scalar loss to minimise and named scalar terms for logging."""
+    """What a model's forward returns: the scalar loss to minimise and named scalar terms for logging.
+
+    `encoded`: the batch's encodings the loss came from (the model's `Encoded`), so that terms computed from them
+    (regularisers) need no second encoding; None from an objective that does not share them.
+    """
 
     loss: Tensor
     terms: dict[str, Tensor] = field(default_factory=dict)
+    encoded: object = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -136,7 +141,10 @@ class SubsetObjective(Objective):
 
     def __call__(self, model, x, avail):
         """The loss of one batch and its named terms."""
-        return self.loss(self.draw(model, x, avail), model)
+        d = self.draw(model, x, avail)
+        out = self.loss(d, model)
+        out.encoded = d.enc  # shared with the model's regularisers: no second encoding
+        return out
 
     def config(self) -> dict:
         """The spec that rebuilds this objective (`make_objective(config())`)."""
