@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(1)
 from mmvae import Trainer  # noqa: E402
 from mmvae.datasets import get_dataset  # noqa: E402
+from mmvae.evaluation.alignment import latent_alignment, unimodal_means  # noqa: E402
 from mmvae.evaluation.classifiers import load_classifiers, save_classifiers, train_classifiers  # noqa: E402
 from mmvae.evaluation.coherence import conditional_coherence  # noqa: E402
 from mmvae.evaluation.counts import count_bits_per_spike, count_modalities, training_null_rates  # noqa: E402
 from mmvae.evaluation.disentanglement import latent_disentanglement  # noqa: E402
-from mmvae.evaluation.probe import latent_classification  # noqa: E402
+from mmvae.evaluation.probe import latent_classification, linear_probe  # noqa: E402
 from mmvae.models import build  # noqa: E402
 
 
@@ -67,6 +68,21 @@ def imputation(model, test) -> dict:
     return out
 
 
+@torch.no_grad()
+def transfer_probe(model, train, test) -> float:
+    """A linear probe of the class fit on one modality's unimodal shared means (training split) and scored on the
+    next modality's (test split), mean over the ring of modalities: high only where the modalities' latent spaces
+    line up (the MMVM paper's cross-subject claim)."""
+    (mu_tr, av_tr), (mu_te, av_te) = unimodal_means(model, train), unimodal_means(model, test)  # [M, N, D], [N, M]
+    accs = []
+    for src, dst in directions(list(model.names)):
+        i, j = model.names.index(src), model.names.index(dst)
+        tr, te = av_tr[:, i], av_te[:, j]
+        accs.append(linear_probe(mu_tr[i][tr].float(), train.labels[tr], mu_te[j][te].float(), test.labels[te],
+                                 standardize=True))
+    return sum(accs) / len(accs)
+
+
 def run(args) -> dict:
     train, test = get_dataset(args.dataset, "train"), get_dataset(args.dataset, "test")
     torch.manual_seed(args.seed)
@@ -93,6 +109,12 @@ def run(args) -> dict:
     if counts:
         bps = count_bits_per_spike(model, test, counts, null=training_null_rates(train, counts))
         row["bps_self"], row["bps_cross"] = bps["mean_self"], bps["mean_cross"]
+    if len(model.names) > 1:
+        al = latent_alignment(model, train, test, n_train=2000)
+        row["modality_gap"], row["recall_1"] = al["modality_gap_mean"], al["retrieval"]["mean"]["recall@1"]
+        row["recall_1_chance"] = al["retrieval"]["mean_chance"]["recall@1"]
+        if test.labels is not None and int(test.labels.min()) >= 0:
+            row["transfer_probe"] = transfer_probe(model, train, test)
     if isinstance(train.targets, dict):
         r2 = latent_disentanglement(model, train, test)["r2"]
         names = list(model.names)
@@ -131,8 +153,8 @@ def table(paths: list[str]) -> None:
     for line in (ln for f in paths for ln in open(f)):
         r = json.loads(line)
         groups[(r["dataset"], r["model"], r["networks"], r.get("lik", "-"), r.get("beta", "-"))].append(r)
-    keys = ["imputation_mean", "coherence_1", "probe_1", "bps_self", "bps_cross", "r2_shared_shared",
-            "r2_private_own", "r2_shared_private"]
+    keys = ["imputation_mean", "coherence_1", "probe_1", "transfer_probe", "recall_1", "recall_1_chance",
+            "modality_gap", "bps_self", "bps_cross", "r2_shared_shared", "r2_private_own", "r2_shared_private"]
     dirs = sorted({d for rs in groups.values() for r in rs for d in r["imputation"]})
     print("| dataset | model | networks | likelihood | beta | seeds | " + " | ".join(f"MSE {d}" for d in dirs) + " | "
           + " | ".join(keys) + " |")
