@@ -10,7 +10,7 @@ model = MultimodalVAE(
                                decoder=ConvDecoder(D, train.shapes[name]), likelihood="laplace")
                 for name in train.modalities},
     shared_dim=D, private_dim=0,          # private_dim may also be a dict per modality
-    aggregator="mopoe",                   # "poe" | "moe" | "mopoe" | "avg" | "none"
+    aggregator="mopoe",                   # "poe" | "moe" | "mopoe" | "avg" | "none" | "gated" | "lowrank"
     beta=1.0,
 )
 Trainer(model, max_epochs=5, batch_size=256, device="auto").fit(train, val=test)
