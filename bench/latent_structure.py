@@ -9,7 +9,8 @@ shared_dim 4, private_dim 4) and `separation` at WEIGHT; the R^2 table from the 
 on the training split, scored on the test split: its diagonal (shared -> shared factor, private/m -> m's factor)
 and its leakage (shared -> private factors, private/m -> shared factor, private/m -> other modalities' factors).
 polydigits (5 modalities, shared 16): MODEL (mopoe, mmvm) with `contrastive` at WEIGHT (temperature 0.1):
-unimodal linear probe, coherence |S|=1 (classifiers trained once, cached), modality gap and recall@1.
+self-reconstruction MSE (each modality from its own posterior), unimodal linear probe, coherence |S|=1
+(classifiers trained once, cached), modality gap and recall@1.
 One torch thread, batch 256, Adam 1e-3.
 """
 import argparse
@@ -30,6 +31,7 @@ from mmvae.evaluation.coherence import conditional_coherence  # noqa: E402
 from mmvae.evaluation.disentanglement import latent_disentanglement  # noqa: E402
 from mmvae.evaluation.probe import latent_classification  # noqa: E402
 from mmvae.models import build  # noqa: E402
+from mmvae.study.reconstruction import self_reconstruction  # noqa: E402
 
 
 def leakage(r2: dict, names: list[str]) -> dict:
@@ -64,6 +66,7 @@ def run(args) -> dict:
     if clf is None:
         clf = train_classifiers(train, test, epochs=10, device="cpu")
         save_classifiers(clf, Path(args.classifiers))
+    row["self_recon_mse"] = self_reconstruction(model, test)["mean"]
     row["probe_1"] = latent_classification(model, train, test, n_train=2000)["per_size"]["1"]
     row["coherence_1"] = conditional_coherence(model, test, clf)["per_size"]["1"]
     al = latent_alignment(model, train, test, n_train=2000)
@@ -80,16 +83,17 @@ def table(paths: list[str]) -> None:
     groups = defaultdict(list)
     for line in (ln for f in paths for ln in open(f)):
         r = json.loads(line)
-        groups[(r["dataset"], r["model"], r["term"], r["weight"])].append(r)
+        groups[(r["dataset"], r["model"], r["term"], r["weight"], r["epochs"])].append(r)
     keys = ["shared_to_shared", "private_to_own", "shared_to_private", "private_to_shared", "private_to_other",
-            "probe_1", "coherence_1", "modality_gap", "recall_1", "recall_1_chance", "cca_mean"]
-    print("| dataset | model | term | weight | seeds | " + " | ".join(keys) + " |")
-    print("|" + "---|" * (5 + len(keys)))
-    for (ds, model, term, w), rs in sorted(groups.items()):
+            "self_recon_mse", "probe_1", "coherence_1", "modality_gap", "recall_1", "recall_1_chance", "cca_mean"]
+    print("| dataset | model | term | weight | epochs | seeds | " + " | ".join(keys) + " |")
+    print("|" + "---|" * (6 + len(keys)))
+    for (ds, model, term, w, epochs), rs in sorted(groups.items()):
         def m(k, rs=rs):
             vals = [r[k] for r in rs if k in r]
             return f"{sum(vals) / len(vals):.3f}" if vals else ""
-        print(f"| {ds} | {model} | {term} | {w:g} | {len(rs)} | " + " | ".join(m(k) for k in keys) + " |")
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        print(f"| {ds} | {model} | {term} | {w:g} | {epochs} | {seeds} | " + " | ".join(m(k) for k in keys) + " |")
 
 
 def main() -> None:
