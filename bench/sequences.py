@@ -152,19 +152,21 @@ def table(paths: list[str]) -> None:
     groups = defaultdict(list)
     for line in (ln for f in paths for ln in open(f)):
         r = json.loads(line)
-        groups[(r["dataset"], r["model"], r["networks"], r.get("lik", "-"), r.get("beta", "-"))].append(r)
+        groups[(r["dataset"], r["model"], r["networks"], r.get("lik", "-"), r.get("beta", "-"),
+                r.get("epochs", "-"))].append(r)
     keys = ["imputation_mean", "coherence_1", "probe_1", "transfer_probe", "recall_1", "recall_1_chance",
             "modality_gap", "bps_self", "bps_cross", "r2_shared_shared", "r2_private_own", "r2_shared_private"]
     dirs = sorted({d for rs in groups.values() for r in rs for d in r["imputation"]})
-    print("| dataset | model | networks | likelihood | beta | seeds | " + " | ".join(f"MSE {d}" for d in dirs) + " | "
-          + " | ".join(keys) + " |")
-    print("|" + "---|" * (6 + len(dirs) + len(keys)))
-    for (ds, model, nets, lik, beta), rs in sorted(groups.items(), key=lambda kv: [str(k) for k in kv[0]]):
+    print("| dataset | model | networks | likelihood | beta | epochs | seeds | " + " | ".join(f"MSE {d}" for d in dirs)
+          + " | " + " | ".join(keys) + " |")
+    print("|" + "---|" * (7 + len(dirs) + len(keys)))
+    for (ds, model, nets, lik, beta, epochs), rs in sorted(groups.items(), key=lambda kv: [str(k) for k in kv[0]]):
         def m(get, rs=rs):
             vals = [v for v in (get(r) for r in rs) if v is not None]
             return f"{sum(vals) / len(vals):.3f}" if vals else ""
         cells = [m(lambda r, d=d: r["imputation"].get(d)) for d in dirs] + [m(lambda r, k=k: r.get(k)) for k in keys]
-        print(f"| {ds} | {model} | {nets} | {lik} | {beta} | {len(rs)} | " + " | ".join(cells) + " |")
+        seeds = ",".join(str(r.get("seed", "-")) for r in rs)
+        print(f"| {ds} | {model} | {nets} | {lik} | {beta} | {epochs} | {seeds} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
