@@ -23,10 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(1)
+from common import cached_classifiers, emit  # noqa: E402  (bench/common.py, beside this script)
+
 from mmvae import Trainer  # noqa: E402
 from mmvae.datasets import get_dataset  # noqa: E402
 from mmvae.evaluation.alignment import latent_alignment  # noqa: E402
-from mmvae.evaluation.classifiers import load_classifiers, save_classifiers, train_classifiers  # noqa: E402
 from mmvae.evaluation.coherence import conditional_coherence  # noqa: E402
 from mmvae.evaluation.disentanglement import latent_disentanglement  # noqa: E402
 from mmvae.evaluation.probe import latent_classification  # noqa: E402
@@ -62,10 +63,7 @@ def run(args) -> dict:
     if args.dataset == "toy":
         row.update(leakage(latent_disentanglement(model, train, test)["r2"], list(model.names)))
         return row
-    clf = load_classifiers(Path(args.classifiers))
-    if clf is None:
-        clf = train_classifiers(train, test, epochs=10, device="cpu")
-        save_classifiers(clf, Path(args.classifiers))
+    clf = cached_classifiers(train, test, args.classifiers, epochs=10)
     row["self_recon_mse"] = self_reconstruction(model, test)["mean"]
     row["probe_1"] = latent_classification(model, train, test, n_train=2000)["per_size"]["1"]
     row["coherence_1"] = conditional_coherence(model, test, clf)["per_size"]["1"]
@@ -108,11 +106,7 @@ def main() -> None:
     model, weight, epochs, seed = a.rest
     args = argparse.Namespace(dataset=a.dataset, model=model, weight=float(weight), epochs=int(epochs),
                               seed=int(seed), classifiers=a.classifiers)
-    line = json.dumps(run(args))
-    print(line)
-    if a.out:
-        with open(a.out, "a") as f:
-            f.write(line + "\n")
+    emit(run(args), a.out)
 
 
 if __name__ == "__main__":

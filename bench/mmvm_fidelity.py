@@ -20,22 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(1)
+from common import cached_classifiers, emit  # noqa: E402  (bench/common.py, beside this script)
+
 from mmvae import Trainer  # noqa: E402
 from mmvae.datasets import PolyDigits  # noqa: E402
-from mmvae.evaluation.classifiers import load_classifiers, save_classifiers, train_classifiers  # noqa: E402
 from mmvae.evaluation.coherence import conditional_coherence  # noqa: E402
 from mmvae.evaluation.probe import latent_classification  # noqa: E402
 from mmvae.models import build  # noqa: E402
 from mmvae.study.reconstruction import self_reconstruction  # noqa: E402
-
-
-def classifiers(train, test, folder: Path):
-    """The shared coherence classifiers of every run (trained on first use)."""
-    c = load_classifiers(folder)
-    if c is None:
-        c = train_classifiers(train, test, epochs=10, device="cpu")
-        save_classifiers(c, folder)
-    return c
 
 
 def table(paths: list[str]) -> None:
@@ -92,7 +84,7 @@ def main():
     p.add_argument("--classifiers", type=Path, default=Path("mmvm_fidelity_classifiers"))
     a = p.parse_args()
     train, test = PolyDigits("train"), PolyDigits("test")
-    clfs = classifiers(train, test, a.classifiers)
+    clfs = cached_classifiers(train, test, a.classifiers, epochs=10)
     over = json.loads(a.over)
     torch.manual_seed(a.seed)
     model = build(a.model, train, shared_dim=a.shared_dim, beta=a.beta, **over)
@@ -108,9 +100,7 @@ def main():
            "shared_dim": a.shared_dim, "over": over, "probe": round(probe, 4), "rec": round(rec, 5),
            "coh": round(coh, 4), **{k: round(v, 3) for k, v in diagnostics(model, test).items()},
            "train_s": round(train_s, 1)}
-    print(json.dumps(row))
-    with open(a.out, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    emit(row, a.out)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(1)
+from common import cached_classifiers, emit  # noqa: E402  (bench/common.py, beside this script)
+
 from mmvae import Trainer  # noqa: E402
 from mmvae.datasets import get_dataset  # noqa: E402
 from mmvae.evaluation.alignment import latent_alignment, unimodal_means  # noqa: E402
-from mmvae.evaluation.classifiers import load_classifiers, save_classifiers, train_classifiers  # noqa: E402
 from mmvae.evaluation.coherence import conditional_coherence  # noqa: E402
 from mmvae.evaluation.counts import count_bits_per_spike, count_modalities, training_null_rates  # noqa: E402
 from mmvae.evaluation.disentanglement import latent_disentanglement  # noqa: E402
@@ -46,15 +47,6 @@ def directions(names: list[str]) -> list[tuple[str, str]]:
     if len(names) == 2:
         return [(names[0], names[1]), (names[1], names[0])]
     return [(names[(i + 1) % len(names)], n) for i, n in enumerate(names)]
-
-
-def classifiers(train, test, folder: Path):
-    """The coherence classifiers shared by every run on this dataset (trained on first use)."""
-    c = load_classifiers(folder)
-    if c is None:
-        c = train_classifiers(train, test, epochs=20, device="cpu")
-        save_classifiers(c, folder)
-    return c
 
 
 @torch.no_grad()
@@ -99,7 +91,7 @@ def run(args) -> dict:
     row["imputation"] = imputation(model, test)
     row["imputation_mean"] = sum(row["imputation"].values()) / len(row["imputation"])
     if test.labels is not None and int(test.labels.min()) >= 0:
-        clf = classifiers(train, test, Path(args.classifiers) / args.dataset)
+        clf = cached_classifiers(train, test, Path(args.classifiers) / args.dataset, epochs=20)
         row["classifier_acc"] = {m: c.meta["test_accuracy"] for m, c in clf.items()}
         coh = conditional_coherence(model, test, clf)
         row["coherence_1"] = coh["per_size"]["1"]
@@ -192,11 +184,7 @@ def main() -> None:
         return table(args.files)
     rows = [run(args)] if args.cmd == "run" else baselines(args)
     for row in rows:
-        line = json.dumps(row)
-        print(line)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+        emit(row, args.out)
 
 
 if __name__ == "__main__":

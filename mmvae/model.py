@@ -206,8 +206,8 @@ class MultimodalVAE(nn.Module):
         """Decode `targets` (default: every modality not given) from z ~ q(z | observed) and, for modalities not
         observed, a private code from its prior. Returns name -> [B, ...], or [n_samples, B, ...] when n_samples > 1:
         the likelihood's mean (rates, probabilities, the most likely token), or with draw=True a draw from it
-        (counts, tokens, noisy values). Gaps (NaN / -1 entries) of an observed modality are filled by
-        `torch.where(gaps, imputed, x)`; the decoded values are returned everywhere.
+        (counts, tokens, noisy values). The decoded values are returned everywhere, also where a modality was
+        observed: to fill only the gaps (NaN / -1 entries) of x, take `torch.where(validation.gaps(x), imputed, x)`.
         """
         targets = check_targets(targets, observed, self.names)
         n_samples = check_count(n_samples, "impute: n_samples", 1)

@@ -6,6 +6,7 @@ import operator
 import torch
 from torch import Tensor
 
+from .datasets.base import MISSING_TOKEN, absent_entries, missing_rows
 from .errors import InputError
 
 
@@ -43,26 +44,14 @@ def check_targets(targets, observed, names: list[str]) -> list[str]:
     return targets
 
 
-MISSING_TOKEN = -1  # an integer entry that is not observed: padding of a token sequence, or a missing row
-
-
 def observed_rows(t: Tensor) -> Tensor:
-    """The rule for missing data: a float row that is entirely NaN, or an integer row that is entirely -1, is
-    missing; a row with only some NaN / -1 entries is observed, with gaps (`gaps`).  # [B]"""
-    if torch.is_floating_point(t):
-        return ~_rows(t).isnan().all(1)
-    if t.dtype == torch.bool:
-        return torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
-    return ~(_rows(t) == MISSING_TOKEN).all(1)
+    """The rule for missing data (`datasets.base.missing_rows`): a float row that is entirely NaN, or an integer
+    row that is entirely -1, is missing; a row with only some NaN / -1 entries is observed, with gaps.  # [B]"""
+    return ~missing_rows(t)
 
 
-def gaps(t: Tensor) -> Tensor:
-    """The entries of observed rows that are not observed: NaN (floats) or -1 (integers).  # [B, *shape] bool"""
-    if torch.is_floating_point(t):
-        return t.isnan()
-    if t.dtype == torch.bool:
-        return torch.zeros_like(t)
-    return t == MISSING_TOKEN
+#: the entries of observed rows that are not observed: NaN (floats) or -1 (integers).  # [B, *shape] bool
+gaps = absent_entries
 
 
 def fill_gaps(t: Tensor, value=0) -> Tensor:
@@ -81,15 +70,13 @@ def check_inputs(modalities, names: list[str], x, avail=None) -> tuple[dict[str,
     """
     B = _check_tensors(modalities, names, x)
     device = next(iter(x.values())).device
-    if avail is None:
-        avail = torch.zeros(B, len(names), dtype=torch.bool, device=device)
-        for name, t in x.items():
-            avail[:, names.index(name)] = observed_rows(t).to(device)
-    else:
-        avail = _check_mask(avail, B, names, device).clone()
-        for name, t in x.items():
-            i = names.index(name)
-            avail[:, i] &= observed_rows(t).to(device)
+    given = avail is not None
+    avail = _check_mask(avail, B, names, device).clone() if given else \
+        torch.zeros(B, len(names), dtype=torch.bool, device=device)
+    for name, t in x.items():  # without a mask, what x holds is observed; with one, a missing row is missing too
+        i = names.index(name)
+        rows = observed_rows(t).to(device)
+        avail[:, i] = avail[:, i] & rows if given else rows
     counts = torch.cat([avail.sum(0), (~avail.any(1)).sum()[None]]).tolist()  # one host sync: [M] + [#empty]
     if counts[-1]:
         empty = (~avail.any(1)).nonzero().flatten()

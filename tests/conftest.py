@@ -26,3 +26,24 @@ def _private_user_cache(tmp_path_factory):
         os.environ.pop("MMVAE_CACHE", None)
     else:
         os.environ["MMVAE_CACHE"] = before
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory):
+    """make(name, shared_dim, private_dim) -> a tiny run folder written by the real Trainer (MoPoE, 2 epochs) on
+    the SharedPrivateToy dataset named in its config.json, so `evaluate_run` can rebuild both splits."""
+    from mmvae import Modality, MultimodalVAE, Trainer
+    from mmvae.datasets import get_dataset
+
+    def make(name: str, shared_dim: int, private_dim: int):
+        spec = {"name": "toy", "n": 240, "num_modalities": 3, "obs_dim": 6, "seed": 0}
+        train = get_dataset("toy", "train", **{k: v for k, v in spec.items() if k != "name"})
+        mods = {n: Modality(shape=train.shapes[n], likelihood="gaussian") for n in train.modalities}
+        torch.manual_seed(0)
+        model = MultimodalVAE(mods, shared_dim=shared_dim, private_dim=private_dim, aggregator="mopoe")
+        out = tmp_path_factory.mktemp("runs") / name
+        Trainer(model, max_epochs=2, batch_size=60, device="cpu", out=out, progress=False,
+                extra_config={"dataset": spec, "preset": "mopoe"}).fit(train, val=train)
+        return out
+
+    return make

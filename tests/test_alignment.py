@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from mmvae import Modality, MultimodalVAE
 from mmvae.datasets import MultimodalDataset
 from mmvae.evaluation import (
     canonical_correlations,
@@ -178,20 +177,9 @@ def test_latent_alignment_skips_a_single_modality():
 
 # ---------------------------------------------------------------- evaluate_run and the report
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(toy_run):
     """A tiny run folder written by the real Trainer on the toy dataset named in config.json."""
-    from mmvae import Trainer
-    from mmvae.datasets import get_dataset
-
-    spec = {"name": "toy", "n": 240, "num_modalities": 3, "obs_dim": 6, "seed": 0}
-    train = get_dataset("toy", "train", **{k: v for k, v in spec.items() if k != "name"})
-    mods = {n: Modality(shape=train.shapes[n], likelihood="gaussian") for n in train.modalities}
-    torch.manual_seed(0)
-    model = MultimodalVAE(mods, shared_dim=3, private_dim=1, aggregator="mopoe")
-    out = tmp_path_factory.mktemp("runs") / "toy_align"
-    Trainer(model, max_epochs=2, batch_size=60, device="cpu", out=out, progress=False,
-            extra_config={"dataset": spec, "preset": "mopoe"}).fit(train, val=train)
-    return out
+    return toy_run("toy_align", shared_dim=3, private_dim=1)
 
 
 def test_evaluate_run_alignment_writes_its_section_plot_and_json(run_dir, tmp_path):

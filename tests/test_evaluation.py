@@ -294,20 +294,9 @@ def test_r2_table_known_answers():
 
 # ---------------------------------------------------------------- report
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(toy_run):
     """A tiny run folder written by the real Trainer on the SharedPrivateToy dataset named in config.json."""
-    from mmvae import Trainer
-    from mmvae.datasets import get_dataset
-
-    spec = {"name": "toy", "n": 240, "num_modalities": 3, "obs_dim": 6, "seed": 0}
-    train = get_dataset("toy", "train", **{k: v for k, v in spec.items() if k != "name"})
-    mods = {n: Modality(shape=train.shapes[n], likelihood="gaussian") for n in train.modalities}
-    torch.manual_seed(0)
-    model = MultimodalVAE(mods, shared_dim=2, private_dim=2, aggregator="mopoe")
-    out = tmp_path_factory.mktemp("runs") / "toy_mopoe"
-    Trainer(model, max_epochs=2, batch_size=60, device="cpu", out=out, progress=False,
-            extra_config={"dataset": spec, "preset": "mopoe"}).fit(train, val=train)
-    return out
+    return toy_run("toy_mopoe", shared_dim=2, private_dim=2)
 
 
 SMALL = dict(classifier_epochs=3, min_accuracy=0.0, joint_samples=100, probe_n_train=200, imputation_samples=3,

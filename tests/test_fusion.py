@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from test_aggregators import random_experts as shared_random_experts  # the same draws
 
 from mmvae import InputError, Modality, MultimodalVAE
 from mmvae.aggregators import Gated, LowRank, MoPoE, PoE, make_aggregator
@@ -22,15 +23,7 @@ SUBSETS = ["joint", "joint+unimodal", "all"]
 
 def random_experts(M, B, D, seed, p_obs=0.5):
     """float64 experts; sample 0 sees everything, sample 1 only the last modality, others at random (>= 1 each)."""
-    g = torch.Generator().manual_seed(seed)
-    mu = torch.randn(M, B, D, generator=g, dtype=torch.float64) * 2
-    logvar = torch.randn(M, B, D, generator=g, dtype=torch.float64)
-    avail = torch.rand(B, M, generator=g) < p_obs
-    avail[torch.arange(B), torch.randint(M, (B,), generator=g)] = True
-    avail[0] = True
-    avail[1] = False
-    avail[1, M - 1] = True
-    return Experts(mu, logvar, avail)
+    return shared_random_experts(M, B, D, seed, p_obs)
 
 
 def built(spec, M, D, seed=0, scale=1.0):

@@ -135,7 +135,8 @@ def importance_pass(model, x: dict[str, Tensor], mask: Tensor, K: int, keep: Ten
     for the B_m rows with keep[:, m], or None)"""
     post, enc = model.posterior(x, mask)  # gaps (NaN / -1 entries) reach the encoders as gaps
     holes = {n: gaps(t) for n, t in x.items()}
-    present = {n: ~h if bool(h.any()) else None for n, h in holes.items()}  # [B, *shape]: scored entries, or None
+    gappy = torch.stack([h.any() for h in holes.values()]).tolist()  # one host sync
+    present = {n: ~h if g else None for (n, h), g in zip(holes.items(), gappy)}  # [B, *shape] scored, or None
     x = {n: fill_gaps(t) if t.is_floating_point() or model.modalities[n].likelihood.discrete else
          fill_gaps(t).float() for n, t in x.items()}  # integer counts are scored as floats
     z = post.sample_component(K)  # [L, B, Ds]
