@@ -12,6 +12,12 @@ run, whose metric values must agree within Monte-Carlo error. Everything goes to
 
 Each evaluate is its own process (`OMP_NUM_THREADS=--threads`), timed by wall clock and by its CPU time
 (`resource.getrusage(RUSAGE_CHILDREN)`): on a shared machine the CPU seconds are the steadier number.
+
+It also prints the floor of the conditional log-likelihood, the step that dominates: the decodes its estimator
+needs (every conditioning subset S x test tuple x K draws x every modality, since the weights score x_S and the
+target x_m from the same draw), times (a) the decoders' own time per row on this machine, measured on 2000-row
+batches, and (b) their FLOPs (torch.utils.flop_counter) at this machine's dense-GEMM peak. No implementation of
+the same estimator with the same networks can take less than (b), and with these kernels not less than (a).
 """
 from __future__ import annotations
 
@@ -79,6 +85,55 @@ def _evaluate(run: Path, out: Path, env: dict, extra: list[str]) -> dict:
     return {"wall_s": wall, "cpu_s": cpu, "time_s": result["time_s"], "timings_s": result["timings_s"],
             "device": result["settings"]["device"], "classifiers": result.get("classifiers", {}).get("source"),
             "metrics": {label: _get(result, path) for label, path in HEADLINES}}
+
+
+def loglik_floor(run: Path, threads: int, K: int | None = None, n_test: int | None = None) -> dict:
+    """The decodes of the default conditional log-likelihood and their least cost (module docstring)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT))
+    from mmvae import load
+    from mmvae.datasets import get_dataset
+    from mmvae.evaluation.run_files import dataset_spec, read_run_config
+    from mmvae.evaluation.settings import EvalSettings
+    from mmvae.evaluation.subset_batches import as_eval_data, conditioning_subsets, subset_batches
+
+    torch.set_num_threads(threads)
+    s = EvalSettings.full()
+    K = K or s.loglik_K
+    model = load(run, map_location="cpu").eval()
+    name, kw = dataset_spec(read_run_config(run))
+    names = list(model.names)
+    test = as_eval_data(get_dataset(name, "test", **kw), names, n=n_test, seed=0)
+    test = as_eval_data(test, names, n=s.imputation_n_tuples, seed=0)  # the imputation section's tuples
+    rows = sum(len(r) for r, _ in subset_batches(test.avail, conditioning_subsets(len(names)), None))
+    per_row, flops = {}, {}
+    with torch.no_grad():
+        for m in names:
+            dec, B = model.modalities[m].decoder, 2000
+            z = torch.randn(B, model.shared_dim + model.private_dims[m])
+            with FlopCounterMode(display=False) as fc:
+                dec(z)
+            flops[m] = fc.get_total_flops() / B
+            best = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                dec(z)
+                best = min(best, time.perf_counter() - t)
+            per_row[m] = best / B
+        a = torch.randn(4096, 1024)
+        b = torch.randn(1024, 1024)
+        a @ b
+        t = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        peak = 5 * 2 * 4096 * 1024 * 1024 / (time.perf_counter() - t)
+    decodes = rows * K  # per modality
+    return {"subset_rows": rows, "K": K, "decodes_per_modality": decodes, "decodes": decodes * len(names),
+            "flops_per_row": flops, "s_per_row": per_row, "gemm_peak_gflops": peak / 1e9, "threads": threads,
+            "decoders_alone_s": decodes * sum(per_row.values()),
+            "at_gemm_peak_s": decodes * sum(flops.values()) / peak}
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -151,9 +206,17 @@ def main(argv=None) -> int:
             print(f"{name} #{i}: {runs[-1]['time_s']:.1f} s", flush=True)
     table = _report({k: v[1] for k, v in columns.items()})
     print(table)
+    floor = loglik_floor(run, args.threads, n_test=args.n_test)
+    print(f"\nconditional log-likelihood floor: {floor['subset_rows']} (subset, tuple) rows x K={floor['K']} x "
+          f"{len(floor['s_per_row'])} modalities = {floor['decodes'] / 1e6:.2f} M decodes "
+          f"({sum(floor['flops_per_row'].values()) / len(floor['flops_per_row']) / 1e6:.2f} MFLOP each); "
+          f"the decoders alone: {floor['decoders_alone_s']:.0f} s at their measured speed, "
+          f"{floor['at_gemm_peak_s']:.0f} s at this machine's GEMM peak ({floor['gemm_peak_gflops']:.0f} GFLOP/s, "
+          f"{args.threads} threads)")
     info = {"machine": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
             "threads": args.threads, "model": args.model, "epochs": args.epochs, "reference": args.reference,
-            "first_evaluate": warm, "columns": {k: v[1] for k, v in columns.items()}, "table": table}
+            "first_evaluate": warm, "columns": {k: v[1] for k, v in columns.items()}, "table": table,
+            "loglik_floor": floor}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(info, indent=1))
     return 0

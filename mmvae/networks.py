@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import InputError
@@ -72,8 +74,12 @@ class ConvEncoder(Recorded):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """x [B, C, H, W] -> [B, out_dim]."""
-        return self.net(x)
+        """x [B, C, H, W] -> [B, out_dim]; without gradients, channels-last (`_linear_from_channels_last`)."""
+        if torch.is_grad_enabled():
+            return self.net(x)
+        conv1, act1, conv2, act2, _, head, act3, out = self.net
+        h = act2(conv2(act1(conv1(x.contiguous(memory_format=torch.channels_last)))))  # [B, c2, H/4, W/4]
+        return out(act3(_linear_from_channels_last(h, head)))
 
 
 class ConvDecoder(Recorded):
@@ -97,8 +103,62 @@ class ConvDecoder(Recorded):
         )
 
     def forward(self, z: Tensor) -> Tensor:
-        """z [B, in_dim] -> [B, C, H, W]."""
-        return self.net(z)
+        """z [B, in_dim] -> [B, C, H, W]; without gradients, channels-last (`_linear_to_channels_last`) and the last
+        layer as a sub-pixel conv (`_subpixel`)."""
+        if torch.is_grad_enabled():
+            return self.net(z)
+        lin1, act1, lin2, act2, _, *convs = self.net
+        h = act2(_linear_to_channels_last(act1(lin1(z)), lin2, self.stem))  # [B, c1, H/4, W/4], channels-last
+        up1, act3, up2, *out = convs
+        h = act3(up1(h))  # [B, c2, H/2, W/2]
+        h = _subpixel(h, up2)  # [B, C, H, W]
+        for layer in out:  # the sigmoid
+            h = layer(h)
+        return h.contiguous()
+
+
+# Inference (evaluation, imputation, sampling: no gradients) runs the convnets channels-last ([B, C, H, W] stored as
+# [B, H, W, C]), where the CPU conv kernels (oneDNN) are faster: the decoder 1.6x, the encoder 1.2-1.4x on 2000-row
+# batches (bench/convnets.py). Training keeps the plain layers: with gradients and training-sized batches the
+# channels-last path was no faster. The Linear layers on either side of the convs keep their parameters in the
+# (C, H, W) order of nn.Flatten / nn.Unflatten, so checkpoints are unchanged; only the order in which their rows or
+# columns are read changes, which makes the layout switch free instead of a copy of every activation.
+
+def _linear_to_channels_last(x: Tensor, lin: nn.Linear, chw: tuple[int, int, int]) -> Tensor:
+    """lin(x) unflattened to [B, C, H, W], computed directly in channels-last memory.  x [B, n] -> [B, C, H, W]"""
+    C, H, W = chw
+    weight = lin.weight.view(C, H, W, -1).permute(1, 2, 0, 3).reshape(C * H * W, -1)  # rows in (H, W, C) order
+    bias = lin.bias.view(C, H, W).permute(1, 2, 0).reshape(-1)
+    return F.linear(x, weight, bias).view(-1, H, W, C).permute(0, 3, 1, 2)  # a view: [B, C, H, W] channels-last
+
+
+def _subpixel(x: Tensor, up: nn.ConvTranspose2d) -> Tensor:
+    """up(x) for a ConvTranspose2d(kernel 4, stride 2, padding 1) as a 3x3 conv to 4 C_out channels and a pixel
+    shuffle (sub-pixel convolution; Shi et al., CVPR 2016): output row 2i + a sums input rows i + di through kernel
+    row a + 1 - 2 di, for di in {-1, 0} (a = 0) or {0, 1} (a = 1); the same for columns (table _TAPS).
+    Faster than the transposed conv on the CPU for few output channels (an image's), without gradients.
+    x [B, C_in, h, w] -> [B, C_out, 2h, 2w]"""
+    w = up.weight  # [C_in, C_out, 4, 4]
+    c_in, c_out = w.shape[:2]
+    k = w.new_zeros(c_out, 2, 2, c_in, 3, 3)  # (o, a, b) output channels: pixel_shuffle's order
+    for a, taps_a in enumerate(_TAPS):
+        for b, taps_b in enumerate(_TAPS):
+            for di, ki in taps_a:
+                for dj, kj in taps_b:
+                    k[:, a, b, :, di, dj] = w[:, :, ki, kj].T
+    y = F.conv2d(x, k.view(4 * c_out, c_in, 3, 3), up.bias.repeat_interleave(4), padding=1)  # [B, 4 C_out, h, w]
+    return F.pixel_shuffle(y, 2)
+
+
+#: per output phase a (row or column parity): (position in the 3-wide input window, kernel tap) pairs
+_TAPS = (((0, 3), (1, 1)), ((1, 2), (2, 0)))
+
+
+def _linear_from_channels_last(h: Tensor, lin: nn.Linear) -> Tensor:
+    """lin(h.flatten(1)) for a channels-last h [B, C, H, W], without reordering h.  -> [B, out]"""
+    B, C, H, W = h.shape
+    weight = lin.weight.view(-1, C, H, W).permute(0, 2, 3, 1).reshape(lin.weight.shape[0], -1)  # (H, W, C) columns
+    return F.linear(h.permute(0, 2, 3, 1).reshape(B, -1), weight, lin.bias)
 
 
 #: name -> class of every network a spec can name: ours, and yours after `mmvae.register_network`
