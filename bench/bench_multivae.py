@@ -204,7 +204,8 @@ def build_pair(kind: str, nets: dict, shape, args) -> Pair:
 
 class NetworksOnly(nn.Module):
     """The floor of a step: the same networks on the same rows with no objective around them. Encoders on B rows;
-    each decoder on the r x B codes mu + sigma * eps of all encoders (r = mmvae's decoded rows / (M B)); the loss is
+    each decoder on r x B codes mu + sigma * eps (r = mmvae's decoded rows / (M B); for r = M K: K draws from each
+    of the M encoders, for r = 1: the first encoder's codes); the loss is
     the mean absolute error (Laplace up to constants). No library running these networks on these rows can take
     less time than this step."""
 
@@ -218,9 +219,9 @@ class NetworksOnly(nn.Module):
         xs = list(x.values())
         mu, lv = zip(*(e(v).chunk(2, -1) for e, v in zip(self.encoders, xs)))  # M x [B, D]
         mu, lv = torch.stack(mu), torch.stack(lv)  # [M, B, D]
-        reps = max(1, self.r // len(xs))
-        z = mu + (0.5 * lv).exp() * torch.randn(reps, *mu.shape, device=mu.device)  # [r/M, M, B, D]
-        z = z.reshape(-1, mu.shape[-1])  # [r B, D]
+        reps = -(-self.r // len(xs))  # ceil(r / M)
+        z = mu + (0.5 * lv).exp() * torch.randn(reps, *mu.shape, device=mu.device)  # [reps, M, B, D]
+        z = z.reshape(-1, mu.shape[-1])[: self.r * mu.shape[1]]  # [r B, D]
         loss = sum((d(z).view(-1, *v.shape) - v).abs().mean() for d, v in zip(self.decoders, xs))
         return SimpleNamespace(loss=loss)
 

@@ -37,7 +37,7 @@ def settings(quick: bool) -> dict:
     if quick:
         return dict(B=256, B_multivae=64, M_presets=(5, 8), rounds=2, steps=1, conv_size=16, conv_B=32,
                     mv_rounds=2, mv_steps=1, mv_loss_reps=1, K_Ms=(3, 5))
-    return dict(B=256, B_multivae=256, M_presets=(5, 8), rounds=3, steps=2, conv_size=28, conv_B=64,
+    return dict(B=256, B_multivae=256, M_presets=(5, 8), rounds=5, steps=3, conv_size=28, conv_B=64,
                 mv_rounds=3, mv_steps=2, mv_loss_reps=2, K_Ms=(3, 5))
 
 
