@@ -16,7 +16,7 @@ from mmvae.datasets import DATASETS, MultimodalDataset
 from mmvae.evaluation import evaluate_run, imputation_error, render_report
 from mmvae.evaluation.classifiers import Classifier, accuracy, default_kind, fit_classifier, load_classifiers
 from mmvae.evaluation.counts import bits_per_spike, count_bits_per_spike, null_rates, training_null_rates
-from mmvae.evaluation.sequences import sequence_imputation_error, step_error_sums, valid_steps
+from mmvae.evaluation.sequences import TemporalNet, sequence_imputation_error, step_error_sums, valid_steps
 from mmvae.evaluation.subset_batches import as_eval_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -55,6 +55,17 @@ def test_temporal_classifier_reads_the_frequency_of_padded_sines():
 
 
 # ---------------------------------------------------------------- per-step imputation error
+def test_temporal_classifier_logits_do_not_depend_on_the_padding_after_a_series():
+    torch.manual_seed(0)
+    net = TemporalNet(3, 16, 4)
+    x = torch.randn(2, 20, 3)
+    pad = lambda t, n: torch.cat([t, torch.full((t.shape[0], n, 3), float("nan"))], 1)  # noqa: E731
+    short, long = net(pad(x[:, :12], 8)), net(pad(x[:, :12], 30))
+    torch.testing.assert_close(short, long, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(short, net(x[:, :12]), rtol=1e-5, atol=1e-6)  # and equal to the unpadded series
+    assert not torch.allclose(short, net(x), atol=1e-3)  # the steps after 12 do count when they are data
+
+
 def test_step_error_sums_skip_nan_padding_by_hand():
     g = torch.Generator().manual_seed(0)
     true = torch.randn(3, 4, 2, generator=g)

@@ -29,7 +29,7 @@ from .subset_batches import as_eval_data
 
 WEIGHTS_FILE, META_FILE = "classifiers.pt", "classifiers.json"
 #: bumped whenever the networks or their training change: cached classifiers of another version are retrained
-CLASSIFIER_VERSION = 4
+CLASSIFIER_VERSION = 5
 KINDS = ("conv", "mlp", "tokens", "temporal")
 #: default learning rates: the ResNets' one-cycle peak (BatchNorm takes a high one), the MLP and token nets' constant
 CONV_LR, DENSE_LR = 6e-3, 2e-3

@@ -38,7 +38,8 @@ def valid_steps(x: Tensor) -> Tensor:
 
 
 class TemporalNet(nn.Module):
-    """Sequences [B, T, C] -> zero-filled padding, a stack of dilated Conv1d over time (channels = C), mean and max
+    """Sequences [B, T, C] -> zero-filled padding, a stack of dilated Conv1d over time (channels = C) with the padded
+    steps zeroed again after every layer (so the logits do not depend on how much padding follows), mean and max
     pooled over the valid steps only, a linear head.  -> logits [B, num_classes]"""
 
     def __init__(self, in_channels: int, hidden: int, num_classes: int, width: int = 5, layers: int = 3):
@@ -54,8 +55,10 @@ class TemporalNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x [B, T, C] float (NaN-padded) -> logits [B, num_classes]."""
         keep = valid_steps(x)  # [B, T]
-        h = self.convs(torch.nan_to_num(x).transpose(1, 2))  # [B, hidden, T]
-        w = keep[:, None, :].to(h.dtype)  # [B, 1, T]
+        w = keep[:, None, :].to(x.dtype)  # [B, 1, T]
+        h = torch.nan_to_num(x).transpose(1, 2)  # [B, C, T]
+        for layer in self.convs:
+            h = layer(h) * w if isinstance(layer, nn.Conv1d) else layer(h)  # [B, hidden, T], padding zero
         mean = (h * w).sum(-1) / w.sum(-1).clamp_min(1)  # [B, hidden]
         top = h.masked_fill(~keep[:, None, :], float("-inf")).amax(-1)  # [B, hidden]
         top = torch.where(keep.any(1, keepdim=True), top, torch.zeros_like(top))  # an all-padding row: zeros
