@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmvae.networks import ConvDecoder, ConvEncoder  # noqa: E402
 
-CASES = (("decoder", "forward", 2000), ("decoder", "forward", 200), ("encoder", "forward", 2000),
-         ("encoder", "forward", 200))
+CASES = (("decoder", 2000), ("decoder", 200), ("encoder", 2000), ("encoder", 200))
 
 
 def _seconds(fn, reps: int) -> float:
@@ -33,14 +32,11 @@ def _seconds(fn, reps: int) -> float:
     return (time.perf_counter() - t) / reps
 
 
-def _job(net, inp, grad: bool):
+def _job(net, inp):
     def forward():
         with torch.no_grad():
             net(inp)
-
-    def train():
-        net(inp).square().mean().backward()
-    return train if grad else forward
+    return forward
 
 
 def compare(shape, latent: int = 32, rounds: int = 5, reps: int = 3) -> list[dict]:
@@ -48,18 +44,17 @@ def compare(shape, latent: int = 32, rounds: int = 5, reps: int = 3) -> list[dic
     torch.manual_seed(0)
     nets = {"decoder": ConvDecoder(latent, shape), "encoder": ConvEncoder(shape, 2 * latent)}
     rows = []
-    for kind, mode, B in CASES:
+    for kind, B in CASES:
         net = nets[kind]
         inp = torch.randn(B, latent) if kind == "decoder" else torch.rand(B, *shape)
-        grad = mode != "forward"
-        jobs = {"channels_last": _job(net, inp, grad), "nchw": _job(net.net, inp, grad)}
+        jobs = {"channels_last": _job(net, inp), "nchw": _job(net.net, inp)}
         best = dict.fromkeys(jobs, float("inf"))
         for fn in jobs.values():
             fn()  # warm-up
         for _ in range(rounds):
             for name, fn in jobs.items():
                 best[name] = min(best[name], _seconds(fn, reps))
-        rows.append({"shape": list(shape), "network": kind, "mode": mode, "rows": B,
+        rows.append({"shape": list(shape), "network": kind, "rows": B,
                      "us_per_row": {k: 1e6 * v / B for k, v in best.items()},
                      "ratio": best["channels_last"] / best["nchw"]})
     return rows

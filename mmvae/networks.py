@@ -135,23 +135,21 @@ def _linear_to_channels_last(x: Tensor, lin: nn.Linear, chw: tuple[int, int, int
 def _subpixel(x: Tensor, up: nn.ConvTranspose2d) -> Tensor:
     """up(x) for a ConvTranspose2d(kernel 4, stride 2, padding 1) as a 3x3 conv to 4 C_out channels and a pixel
     shuffle (sub-pixel convolution; Shi et al., CVPR 2016): output row 2i + a sums input rows i + di through kernel
-    row a + 1 - 2 di, for di in {-1, 0} (a = 0) or {0, 1} (a = 1); the same for columns (table _TAPS).
+    row a + 1 - 2 di, for di in {-1, 0} (a = 0) or {0, 1} (a = 1); the same for columns (table _TAPS), in one
+    gather.
     Faster than the transposed conv on the CPU for few output channels (an image's), without gradients.
     x [B, C_in, h, w] -> [B, C_out, 2h, 2w]"""
-    w = up.weight  # [C_in, C_out, 4, 4]
+    w = F.pad(up.weight, (0, 1, 0, 1))  # [C_in, C_out, 5, 5]: tap 4 is zero, for window positions no tap reads
+    k = w[:, :, _TAPS[:, None, :, None], _TAPS[None, :, None, :]]  # [C_in, C_out, a, b, 3, 3]
     c_in, c_out = w.shape[:2]
-    k = w.new_zeros(c_out, 2, 2, c_in, 3, 3)  # (o, a, b) output channels: pixel_shuffle's order
-    for a, taps_a in enumerate(_TAPS):
-        for b, taps_b in enumerate(_TAPS):
-            for di, ki in taps_a:
-                for dj, kj in taps_b:
-                    k[:, a, b, :, di, dj] = w[:, :, ki, kj].T
-    y = F.conv2d(x, k.view(4 * c_out, c_in, 3, 3), up.bias.repeat_interleave(4), padding=1)  # [B, 4 C_out, h, w]
+    k = k.permute(1, 2, 3, 0, 4, 5).reshape(4 * c_out, c_in, 3, 3)  # (o, a, b) output channels: pixel_shuffle's order
+    y = F.conv2d(x, k, up.bias.repeat_interleave(4), padding=1)  # [B, 4 C_out, h, w]
     return F.pixel_shuffle(y, 2)
 
 
-#: per output phase a (row or column parity): (position in the 3-wide input window, kernel tap) pairs
-_TAPS = (((0, 3), (1, 1)), ((1, 2), (2, 0)))
+#: [a, p]: the kernel tap that output phase a (row or column parity) reads at position p of the 3-wide input window
+#: (4: none, a zero tap)
+_TAPS = torch.tensor([[3, 1, 4], [4, 2, 0]])
 
 
 def _linear_from_channels_last(h: Tensor, lin: nn.Linear) -> Tensor:
